@@ -1,0 +1,278 @@
+//! `cargo xtask setup`: check every prerequisite first and install only what
+//! is missing, so a second run is quick and prints only "ok" lines.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, run_command};
+
+/// Debian packages: LLVM 22 development files for bpf-linker, plus the tools
+/// the tests and benchmarks drive.
+const APT_PACKAGES: &[&str] = &[
+    // bpf-linker (built against Debian's LLVM 22)
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // tests and benchmarks
+    "iproute2",
+    "curl",
+    "python3",
+    "xdp-tools",
+    "netsniff-ng",
+    "nftables",
+    "iptables",
+    "prometheus", // promtool
+    "wrk",
+    "nghttp2-client",
+];
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION_PREFIX: &str = "0.13.";
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    // Check everything before touching anything.
+    let missing_apt = missing_apt_packages()?;
+    let bpffs_mounted = bpffs_mounted()?;
+
+    let root = is_root()?;
+    if !root && (!missing_apt.is_empty() || !bpffs_mounted) {
+        let mut what = Vec::new();
+        if !missing_apt.is_empty() {
+            what.push(format!("apt packages: {}", missing_apt.join(" ")));
+        }
+        if !bpffs_mounted {
+            what.push(format!("bpf filesystem at {BPFFS}"));
+        }
+        bail!(
+            "setup must run as root to install what is missing ({}); \
+             re-run as root, e.g. `sudo -E env PATH=\"$PATH\" cargo xtask setup`",
+            what.join("; ")
+        );
+    }
+
+    // apt packages
+    for pkg in APT_PACKAGES {
+        let state = if missing_apt.contains(pkg) {
+            "installing"
+        } else {
+            "ok"
+        };
+        report(&format!("apt {pkg}"), state);
+    }
+    if !missing_apt.is_empty() {
+        apt_install(&missing_apt)?;
+    }
+
+    // nightly toolchain + rust-src (for -Z build-std=core)
+    if quiet_success("rustup", &["run", "nightly", "rustc", "--version"]) {
+        report("rust nightly toolchain", "ok");
+    } else {
+        report("rust nightly toolchain", "installing");
+        cmd(
+            "rustup",
+            ["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
+    }
+    if nightly_has_rust_src()? {
+        report("rust-src (nightly)", "ok");
+    } else {
+        report("rust-src (nightly)", "installing");
+        cmd(
+            "rustup",
+            ["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
+    }
+
+    // bpf-linker 0.13 against LLVM 22
+    match bpf_linker_version() {
+        Some(v) if v.starts_with(BPF_LINKER_VERSION_PREFIX) => {
+            report(&format!("bpf-linker {v}"), "ok")
+        }
+        found => {
+            let what = match found {
+                Some(v) => format!("bpf-linker 0.13 (found {v})"),
+                None => "bpf-linker 0.13".to_string(),
+            };
+            report(&what, "installing");
+            install_bpf_linker()?;
+        }
+    }
+
+    // bpffs
+    if bpffs_mounted {
+        report(&format!("bpffs at {BPFFS}"), "ok");
+    } else {
+        report(&format!("bpffs at {BPFFS}"), "installing");
+        cmd("mount", ["-t", "bpf", "bpf", BPFFS])?;
+    }
+
+    Ok(())
+}
+
+fn report(item: &str, state: &str) {
+    println!("setup: {item:<40} {state}");
+}
+
+/// Run a command with output discarded; true if it ran and succeeded.
+fn quiet_success(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Run a command and capture its stdout (stderr discarded), if it succeeded.
+fn capture(program: &OsString, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Effective uid from /proc/self/status (std has no geteuid).
+fn is_root() -> Result<bool> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .context("no effective uid in /proc/self/status")?;
+    Ok(euid == "0")
+}
+
+fn missing_apt_packages() -> Result<Vec<&'static str>> {
+    let mut missing = Vec::new();
+    for &pkg in APT_PACKAGES {
+        // Exit status is non-zero for unknown packages; the status text is
+        // what matters.
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", pkg])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .context("failed to run `dpkg-query` (is this a Debian system?)")?;
+        if !String::from_utf8_lossy(&out.stdout).contains("install ok installed") {
+            missing.push(pkg);
+        }
+    }
+    Ok(missing)
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    run_command(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn nightly_has_rust_src() -> Result<bool> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("failed to run `rustup component list`")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-")))
+}
+
+/// `$CARGO_HOME/bin`, defaulting to `~/.cargo/bin`.
+pub fn cargo_bin_dir() -> Option<PathBuf> {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"))
+}
+
+/// PATH with the cargo bin directory appended if it is not already there, so
+/// `bpf-linker` installed by `cargo install` is found by aya-build.
+pub fn path_with_cargo_bin() -> OsString {
+    let current = env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::split_paths(&current).collect();
+    if let Some(bin) = cargo_bin_dir()
+        && !dirs.contains(&bin)
+    {
+        dirs.push(bin);
+    }
+    env::join_paths(dirs).unwrap_or(current)
+}
+
+/// Version reported by `bpf-linker --version` on PATH, else in the cargo bin
+/// directory (e.g. "0.13.0"); None if neither runs.
+fn bpf_linker_version() -> Option<String> {
+    let mut candidates = vec![OsString::from("bpf-linker")];
+    if let Some(bin) = cargo_bin_dir() {
+        candidates.push(bin.join("bpf-linker").into_os_string());
+    }
+    let mut found = None;
+    for program in &candidates {
+        if let Some(out) = capture(program, &["--version"]) {
+            // "bpf-linker 0.13.0"
+            let version = out.split_whitespace().nth(1).unwrap_or("").to_string();
+            if version.starts_with(BPF_LINKER_VERSION_PREFIX) {
+                return Some(version);
+            }
+            found.get_or_insert(version);
+        }
+    }
+    found
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let path = {
+        let current = path_with_cargo_bin();
+        let mut dirs = vec![PathBuf::from(LLVM_PREFIX).join("bin")];
+        dirs.extend(env::split_paths(&current));
+        env::join_paths(dirs).context("building PATH for bpf-linker install")?
+    };
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let install = |locked: bool| {
+        let mut c = Command::new(&cargo);
+        c.args(["install", "bpf-linker", "--version", "^0.13"]);
+        if locked {
+            c.arg("--locked");
+        }
+        c.args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", &path);
+        run_command(&mut c)
+    };
+    if let Err(err) = install(true) {
+        eprintln!("setup: `cargo install --locked` failed ({err:#}); retrying without --locked");
+        install(false)?;
+    }
+    Ok(())
+}
+
+/// Whether /proc/mounts has a bpf filesystem mounted at /sys/fs/bpf.
+fn bpffs_mounted() -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let _source = fields.next();
+        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
+    }))
+}

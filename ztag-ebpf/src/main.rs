@@ -1,0 +1,376 @@
+//! ztag's kernel data plane: one XDP program and the same logic as a TC
+//! ingress classifier. It decides per packet from maps alone, in this order:
+//!
+//! 1. allowlist (LPM, v4/v6): always pass;
+//! 2. static blocklist (LPM, v4/v6, with expiry): drop;
+//! 3. dynamic blocks from the risk engine (hash by address, with expiry): drop;
+//! 4. per-source token bucket on new TCP connections (SYN without ACK): drop
+//!    over the limit;
+//! 5. pass.
+//!
+//! Rules for odd frames (documented in the README as well):
+//! * frames that are not IPv4/IPv6 (ARP, LLDP, ...) pass, counted as `non_ip`;
+//! * a frame whose EtherType says IPv4/IPv6 but that is too short to hold the
+//!   IP header, an IPv4 header with IHL < 5, or a frame with more than two VLAN
+//!   tags is dropped, counted as `malformed` (the host stack would discard it
+//!   anyway, and ztag never guesses a source address);
+//! * IPv4/IPv6 fragments are judged by their source address like any packet;
+//!   only first fragments can count as new TCP connections.
+//!
+//! No policy lives here: userspace owns every map.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns},
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
+};
+use ztag_common::{
+    BlockEntry, DYN_MAX_ENTRIES, DropEvent, DynEntry, EVENTS_BYTES, FAMILY_V4, IfCounters,
+    LIST_MAX_ENTRIES, MAX_INTERFACES, RATE_MAX_ENTRIES, REASON_COUNT, Reason, TokenBucket,
+    UNKNOWN_IFINDEX, XdpConfig, config_flags as cf,
+};
+
+use crate::parse::{Source, parse_source};
+
+#[map(name = "ALLOW_V4")]
+static ALLOW_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(LIST_MAX_ENTRIES, 0);
+#[map(name = "ALLOW_V6")]
+static ALLOW_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(LIST_MAX_ENTRIES, 0);
+#[map(name = "BLOCK_V4")]
+static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(LIST_MAX_ENTRIES, 0);
+#[map(name = "BLOCK_V6")]
+static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(LIST_MAX_ENTRIES, 0);
+/// BPF_F_NO_PREALLOC: a million dynamic entries are not reserved up front.
+#[map(name = "DYN_V4")]
+static DYN_V4: HashMap<[u8; 4], DynEntry> = HashMap::pinned(DYN_MAX_ENTRIES, 1);
+#[map(name = "DYN_V6")]
+static DYN_V6: HashMap<[u8; 16], DynEntry> = HashMap::pinned(DYN_MAX_ENTRIES, 1);
+#[map(name = "RATE_V4")]
+static RATE_V4: LruHashMap<[u8; 4], TokenBucket> = LruHashMap::pinned(RATE_MAX_ENTRIES, 0);
+/// IPv6 sources are limited per /64, the usual size of one host's allocation.
+#[map(name = "RATE_V6")]
+static RATE_V6: LruHashMap<[u8; 8], TokenBucket> = LruHashMap::pinned(RATE_MAX_ENTRIES, 0);
+#[map(name = "CONFIG")]
+static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuHashMap<u32, IfCounters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// How many expired LPM matches in a row the program looks past before it
+/// gives up (the sweeper removes expired entries within a second anyway).
+const MAX_EXPIRED_HOPS: u32 = 8;
+const NS_PER_SEC: u64 = 1_000_000_000;
+/// Refill time is capped so `elapsed * rate` cannot overflow (rate ≤ 1e6).
+const MAX_REFILL_NS: u64 = 1_000 * NS_PER_SEC;
+
+/// The outcome of classifying one frame.
+struct Decision {
+    reason: Reason,
+    reason_id: u32,
+    src: Option<Source>,
+}
+
+impl Decision {
+    const fn new(reason: Reason) -> Self {
+        Decision {
+            reason,
+            reason_id: 0,
+            src: None,
+        }
+    }
+}
+
+#[xdp]
+pub fn ztag_xdp(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let d = classify(data, end);
+    if finish(&d, ifindex, (end - data) as u64) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[classifier]
+pub fn ztag_tc(ctx: TcContext) -> i32 {
+    // Headers may sit outside the linear part of an skb: pull what the
+    // parser can read at most (or the whole packet when it is shorter).
+    let len = ctx.len();
+    let want = if len < parse::MAX_HEADER_BYTES {
+        len
+    } else {
+        parse::MAX_HEADER_BYTES
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // SAFETY: reading ingress_ifindex from the skb context the kernel gave us.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let d = classify(data, end);
+    if finish(&d, ifindex, len as u64) {
+        TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_OK as i32
+    }
+}
+
+/// The benchmark floor: drops everything, does nothing else. `cargo xtask
+/// bench xdp` compares ztag's per-packet cost against it; the daemon never
+/// attaches it.
+#[xdp]
+pub fn ztag_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn config() -> XdpConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => XdpConfig::default(),
+    }
+}
+
+#[inline(always)]
+fn has(cfg: &XdpConfig, flag: u32) -> bool {
+    cfg.flags & cf::INITIALISED == 0 || cfg.flags & flag != 0
+}
+
+#[inline(always)]
+fn live(e: &BlockEntry, now: u64) -> bool {
+    e.expires_ns == 0 || e.expires_ns > now
+}
+
+/// Longest live match in an LPM trie: when the longest match has expired,
+/// looks again below its prefix length.
+#[inline(always)]
+fn lpm_live<const N: usize>(
+    trie: &LpmTrie<[u8; N], BlockEntry>,
+    addr: [u8; N],
+    now: u64,
+) -> Option<u32> {
+    let mut plen = (N * 8) as u32;
+    for _ in 0..MAX_EXPIRED_HOPS {
+        let e = trie.get(Key::new(plen, addr))?;
+        if live(e, now) {
+            return Some(e.reason_id);
+        }
+        if e.prefix_len == 0 || e.prefix_len > plen {
+            return None;
+        }
+        plen = e.prefix_len - 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn dyn_live<const N: usize>(
+    map: &HashMap<[u8; N], DynEntry>,
+    addr: &[u8; N],
+    now: u64,
+) -> Option<u32> {
+    // SAFETY: the value is copied out at once; a concurrent delete can at
+    // worst make us read a just-removed entry, which was valid a moment ago.
+    let e = unsafe { map.get(addr) }?;
+    if e.expires_ns == 0 || e.expires_ns > now {
+        Some(e.reason_id)
+    } else {
+        None
+    }
+}
+
+/// Takes one token from the source's bucket; false when the bucket is empty.
+#[inline(always)]
+fn take_token<const N: usize>(
+    map: &LruHashMap<[u8; N], TokenBucket>,
+    key: &[u8; N],
+    cfg: &XdpConfig,
+    now: u64,
+) -> bool {
+    let cap = cfg.rate_burst as u64 * 1000;
+    match map.get_ptr_mut(key) {
+        Some(b) => {
+            // SAFETY: pointer to a map value, valid for this program run. Two
+            // CPUs may race on one bucket; the limit is then approximate by at
+            // most one connection, which is accepted for lock-free updates.
+            let b = unsafe { &mut *b };
+            let mut elapsed = now.saturating_sub(b.last_ns);
+            if elapsed > MAX_REFILL_NS {
+                elapsed = MAX_REFILL_NS;
+            }
+            let refill = elapsed * cfg.rate_per_sec as u64 / 1_000_000;
+            let mut tokens = b.tokens_milli + refill;
+            if tokens > cap {
+                tokens = cap;
+            }
+            // Only advance the clock when tokens were credited, so that a
+            // flood of very close SYNs cannot starve the refill by rounding.
+            if refill > 0 {
+                b.last_ns = now;
+            }
+            if tokens < 1000 {
+                b.tokens_milli = tokens;
+                false
+            } else {
+                b.tokens_milli = tokens - 1000;
+                true
+            }
+        }
+        None => {
+            if cap < 1000 {
+                return false;
+            }
+            let b = TokenBucket {
+                tokens_milli: cap - 1000,
+                last_ns: now,
+            };
+            let _ = map.insert(key, &b, 0);
+            true
+        }
+    }
+}
+
+#[inline(always)]
+fn classify(data: usize, end: usize) -> Decision {
+    let src = match parse_source(data, end) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Decision::new(Reason::NonIp),
+        Err(()) => return Decision::new(Reason::Malformed),
+    };
+    let cfg = config();
+    let now = now_ns();
+    let mut d = Decision {
+        reason: Reason::Default,
+        reason_id: 0,
+        src: Some(src),
+    };
+    match src.family {
+        FAMILY_V4 => {
+            let a = [src.addr[0], src.addr[1], src.addr[2], src.addr[3]];
+            if has(&cfg, cf::HAS_ALLOW_V4) && lpm_live(&ALLOW_V4, a, now).is_some() {
+                d.reason = Reason::Allowlist;
+                return d;
+            }
+            if has(&cfg, cf::HAS_BLOCK_V4)
+                && let Some(id) = lpm_live(&BLOCK_V4, a, now)
+            {
+                d.reason = Reason::Blocklist;
+                d.reason_id = id;
+                return d;
+            }
+            if has(&cfg, cf::HAS_DYN_V4)
+                && let Some(id) = dyn_live(&DYN_V4, &a, now)
+            {
+                d.reason = Reason::Dynamic;
+                d.reason_id = id;
+                return d;
+            }
+            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V4, &a, &cfg, now) {
+                d.reason = Reason::RateLimit;
+            }
+        }
+        _ => {
+            let a = src.addr;
+            if has(&cfg, cf::HAS_ALLOW_V6) && lpm_live(&ALLOW_V6, a, now).is_some() {
+                d.reason = Reason::Allowlist;
+                return d;
+            }
+            if has(&cfg, cf::HAS_BLOCK_V6)
+                && let Some(id) = lpm_live(&BLOCK_V6, a, now)
+            {
+                d.reason = Reason::Blocklist;
+                d.reason_id = id;
+                return d;
+            }
+            if has(&cfg, cf::HAS_DYN_V6)
+                && let Some(id) = dyn_live(&DYN_V6, &a, now)
+            {
+                d.reason = Reason::Dynamic;
+                d.reason_id = id;
+                return d;
+            }
+            let k = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V6, &k, &cfg, now) {
+                d.reason = Reason::RateLimit;
+            }
+        }
+    }
+    d
+}
+
+/// The one exit point: counts the packet, samples drop events, and says
+/// whether to drop. Every path goes through here, so none goes uncounted.
+#[inline(always)]
+fn finish(d: &Decision, ifindex: u32, bytes: u64) -> bool {
+    let idx = d.reason as usize;
+    let slot = match COUNTERS.get_ptr_mut(ifindex) {
+        Some(p) => Some(p),
+        None => COUNTERS.get_ptr_mut(UNKNOWN_IFINDEX),
+    };
+    if let Some(p) = slot
+        && idx < REASON_COUNT
+    {
+        // SAFETY: per-CPU value, no other writer on this CPU.
+        let c = unsafe { &mut (*p).by_reason[idx] };
+        c.packets += 1;
+        c.bytes += bytes;
+    }
+    let drop = d.reason.is_drop();
+    if drop {
+        sample_event(d, ifindex);
+    }
+    drop
+}
+
+#[inline(always)]
+fn sample_event(d: &Decision, ifindex: u32) {
+    let every = match CONFIG.get(0) {
+        Some(c) => c.sample_one_in,
+        None => 0,
+    };
+    if every == 0 {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
+        return;
+    }
+    let (addr, family) = match &d.src {
+        Some(s) => (s.addr, s.family),
+        None => ([0u8; 16], 0),
+    };
+    let ev = DropEvent {
+        time_ns: now_ns(),
+        addr,
+        ifindex,
+        reason_id: d.reason_id,
+        reason: d.reason as u32,
+        family,
+        _pad: [0; 3],
+    };
+    let _ = EVENTS.output::<DropEvent>(&ev, 0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,359 @@
+//! The `ztag` command line: the daemon (`run`), list management (`block`,
+//! `allow`), counters (`stats`), `check-config` and `detach`.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+
+use crate::{
+    admin::{AddRequest, ImportResponse, RemoveRequest, StatRow, client::AdminClient},
+    config::{AttachMode, Config, DEFAULT_ADMIN_SOCKET},
+    daemon::is_root,
+    xdp::lists::EntryView,
+};
+
+/// ztag — zero-trust API gateway with kernel-level (XDP/TC) enforcement.
+#[derive(Debug, Parser)]
+#[command(name = "ztag", version, about, long_about = None)]
+pub struct Cli {
+    /// Admin socket of the running daemon.
+    #[arg(long, global = true, env = "ZTAG_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the XDP/TC program, restore the lists, serve
+    /// the admin API and /metrics. Without --config, uses the embedded
+    /// default (attach to `lo` in SKB mode).
+    Run(RunArgs),
+    /// Validate a configuration file and print every problem with its key.
+    CheckConfig {
+        /// The file to check (default: the embedded configuration).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the static blocklist (sources dropped in the kernel).
+    #[command(subcommand)]
+    Block(ListCmd),
+    /// Manage the allowlist (sources that always pass, even if blocked).
+    #[command(subcommand)]
+    Allow(ListCmd),
+    /// Show packet and byte counters per interface, verdict and reason.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show recent sampled drop events (source, interface, reason).
+    Events {
+        /// How many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the program from every interface and remove the pinned maps.
+    /// Stop the daemon first; blocked sources are no longer dropped after this.
+    Detach {
+        /// Config whose xdp.pin_dir to clean (default: the embedded one).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The pin directory, instead of reading a config.
+        #[arg(long, conflicts_with = "config")]
+        pin_dir: Option<PathBuf>,
+        /// Detach even though a daemon answers on the admin socket.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `ztag run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (default: the embedded configuration).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Attach to these interfaces instead of xdp.interfaces (repeatable).
+    #[arg(long = "interface", short = 'i')]
+    pub interfaces: Vec<String>,
+    /// Attach mode instead of xdp.mode: native, skb, tc or auto.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<AttachMode>,
+}
+
+fn parse_mode(s: &str) -> Result<AttachMode, String> {
+    AttachMode::parse(s).ok_or_else(|| format!("{s:?} is not one of native, skb, tc, auto"))
+}
+
+/// `block` / `allow` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ListCmd {
+    /// Add an address or CIDR prefix (takes effect when the command returns).
+    Add {
+        /// e.g. 203.0.113.7, 198.51.100.0/24, 2001:db8::/48
+        cidr: String,
+        /// Remove it automatically after this long (e.g. 90s, 10m, 12h, 7d).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Why (kept in the state DB, shown by `list`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove an entry.
+    Rm {
+        /// The address or prefix as it was added.
+        cidr: String,
+    },
+    /// List entries.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add many entries from a file (one CIDR per line, optionally followed
+    /// by a reason; `#` comments and blank lines skipped; `-` reads stdin).
+    /// All lines are checked first: one bad line and nothing is imported.
+    Import {
+        /// The file, or `-`.
+        file: PathBuf,
+        /// TTL for every entry.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Reason for lines that give none.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 10m, 12h or 7d ({e})"))?;
+    if d.is_zero() {
+        return Err("the TTL must be positive; omit --ttl for a permanent entry".into());
+    }
+    Ok(d)
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let client = AdminClient::new(&cli.socket);
+    match cli.command {
+        Command::Run(args) => {
+            let mut config = load_config(args.config.as_deref())?;
+            if !args.interfaces.is_empty() {
+                config.xdp.interfaces = args.interfaces;
+            }
+            if let Some(m) = args.mode {
+                config.xdp.mode = m;
+            }
+            crate::daemon::run(config).await
+        }
+        Command::CheckConfig { config } => {
+            let c = load_config(config.as_deref())?;
+            println!(
+                "configuration OK: interfaces {:?} ({}), pin dir {}, state {}, admin socket {}",
+                c.xdp.interfaces,
+                c.xdp.mode.as_str(),
+                c.xdp.pin_dir.display(),
+                c.state.dir.display(),
+                c.admin.socket.display()
+            );
+            Ok(())
+        }
+        Command::Block(cmd) => list_cmd(&client, "block", cmd).await,
+        Command::Allow(cmd) => list_cmd(&client, "allow", cmd).await,
+        Command::Stats { json } => {
+            need_root("ztag stats", &cli.socket)?;
+            let rows: Vec<StatRow> = client.get("/v1/stats").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<16} {:<6} {:<11} {:>14} {:>16}",
+                    "INTERFACE", "ACTION", "REASON", "PACKETS", "BYTES"
+                );
+                for r in rows {
+                    println!(
+                        "{:<16} {:<6} {:<11} {:>14} {:>16}",
+                        r.interface, r.action, r.reason, r.packets, r.bytes
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Events { limit, json } => {
+            need_root("ztag events", &cli.socket)?;
+            let rows: Vec<crate::admin::EventView> =
+                client.get(&format!("/v1/events?limit={limit}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<40} {:<16} {:<11} {:>15}",
+                    "SOURCE", "INTERFACE", "REASON", "AGE"
+                );
+                let now = crate::state::now_ms();
+                for r in rows {
+                    let age = Duration::from_millis((now - r.time_ms).max(0) as u64);
+                    println!(
+                        "{:<40} {:<16} {:<11} {:>15}",
+                        r.source,
+                        r.interface,
+                        r.reason,
+                        humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Detach {
+            config,
+            pin_dir,
+            force,
+        } => {
+            let pin_dir = match pin_dir {
+                Some(p) => p,
+                None => load_config(config.as_deref())?.xdp.pin_dir,
+            };
+            if !is_root() {
+                bail!(
+                    "ztag detach must run as root (it removes pins under {})",
+                    pin_dir.display()
+                );
+            }
+            if !force && std::os::unix::net::UnixStream::connect(&cli.socket).is_ok() {
+                bail!(
+                    "a ztag daemon is running (it answers on {}); stop it first, or pass --force",
+                    cli.socket.display()
+                );
+            }
+            let r = crate::xdp::detach_all(&pin_dir)?;
+            println!(
+                "detached: removed {} link(s) and {} map(s) under {}",
+                r.links.len(),
+                r.maps.len(),
+                pin_dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded(),
+    })
+}
+
+fn need_root(what: &str, socket: &Path) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "{what} must run as root: the admin socket {} is root-only (mode 0600)",
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
+async fn list_cmd(client: &AdminClient, kind: &str, cmd: ListCmd) -> Result<()> {
+    match cmd {
+        ListCmd::Add { cidr, ttl, reason } => {
+            need_root(&format!("ztag {kind} add"), client.socket())?;
+            // Validate locally first: a clear error without a round trip.
+            crate::xdp::cidr::parse_cidr(&cidr)?;
+            let v: EntryView = client
+                .post(
+                    &format!("/v1/lists/{kind}"),
+                    &AddRequest {
+                        cidr,
+                        ttl_secs: ttl.map(|d| d.as_secs().max(1)),
+                        reason,
+                    },
+                )
+                .await?;
+            match v.ttl_secs {
+                Some(t) => println!(
+                    "{kind}: added {} (expires in {})",
+                    v.cidr,
+                    humantime::format_duration(Duration::from_secs(t))
+                ),
+                None => println!("{kind}: added {}", v.cidr),
+            }
+        }
+        ListCmd::Rm { cidr } => {
+            need_root(&format!("ztag {kind} rm"), client.socket())?;
+            let net = crate::xdp::cidr::parse_cidr(&cidr)?;
+            let _: serde_json::Value = client
+                .post(&format!("/v1/lists/{kind}/remove"), &RemoveRequest { cidr })
+                .await?;
+            println!("{kind}: removed {net}");
+        }
+        ListCmd::List { json } => {
+            need_root(&format!("ztag {kind} list"), client.socket())?;
+            let rows: Vec<EntryView> = client.get(&format!("/v1/lists/{kind}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<43} {:<14} REASON", "CIDR", "EXPIRES IN");
+                for r in rows {
+                    let exp = match r.ttl_secs {
+                        Some(t) => humantime::format_duration(Duration::from_secs(t)).to_string(),
+                        None => "never".into(),
+                    };
+                    println!(
+                        "{:<43} {:<14} {}",
+                        r.cidr,
+                        exp,
+                        r.reason.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        ListCmd::Import { file, ttl, reason } => {
+            need_root(&format!("ztag {kind} import"), client.socket())?;
+            let mut text = String::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading stdin")?;
+            } else {
+                text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+            }
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(t) = ttl {
+                q.append_pair("ttl_secs", &t.as_secs().max(1).to_string());
+            }
+            if let Some(r) = &reason {
+                q.append_pair("reason", r);
+            }
+            let q = q.finish();
+            let path = if q.is_empty() {
+                format!("/v1/lists/{kind}/import")
+            } else {
+                format!("/v1/lists/{kind}/import?{q}")
+            };
+            let b = client.call(Method::POST, &path, Bytes::from(text)).await?;
+            let r: ImportResponse = serde_json::from_slice(&b)?;
+            println!(
+                "{kind}: imported {} entries in {} ms",
+                r.imported, r.elapsed_ms
+            );
+        }
+    }
+    Ok(())
+}

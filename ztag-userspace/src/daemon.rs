@@ -1,0 +1,206 @@
+//! `ztag run`: loads and attaches the kernel program, restores the lists from
+//! the state DB into the maps, and serves the admin API and `/metrics` while
+//! sweeping expired entries and reading drop events. On SIGTERM/SIGINT it
+//! exits and leaves the program attached: the pinned links and maps keep
+//! enforcing until `ztag detach`.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracing::{debug, info, warn};
+use ztag_common::{DropEvent, Reason, XdpConfig};
+
+use crate::{
+    admin::{self, EventView, RECENT_EVENTS, Shared},
+    config::Config,
+    metrics::Metrics,
+    state::{StateDb, now_ms},
+    xdp::{Plane, boottime_ns, cidr::addr_from_event, lists::Enforcer},
+};
+
+/// Whether this process runs as root (euid 0).
+pub fn is_root() -> bool {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "ztag run must run as root: it loads eBPF programs, pins them under {} and binds {}",
+            config.xdp.pin_dir.display(),
+            config.admin.socket.display()
+        );
+    }
+    let db = StateDb::open(&config.state.dir)
+        .with_context(|| format!("opening the state DB in {}", config.state.dir.display()))?;
+    let plane = Plane::load(&config.xdp.pin_dir).context("loading the XDP/TC program")?;
+    let base = XdpConfig {
+        rate_per_sec: config.xdp.rate_per_sec,
+        rate_burst: config.xdp.rate_burst,
+        sample_one_in: config.xdp.events_sample_one_in,
+        flags: 0,
+    };
+    let mut enforcer = Enforcer::new(db, plane, base);
+    let restored = enforcer
+        .reconcile()
+        .context("restoring the lists into the maps")?;
+    info!(
+        entries = restored,
+        "restored the lists from the state DB into the maps"
+    );
+
+    let mut interfaces = Vec::new();
+    for iface in &config.xdp.interfaces {
+        let a = enforcer
+            .plane_mut()
+            .attach(iface, config.xdp.mode)
+            .with_context(|| format!("attaching to {iface}"))?;
+        info!(
+            interface = %a.iface,
+            ifindex = a.ifindex,
+            mode = a.mode.as_str(),
+            requested = config.xdp.mode.as_str(),
+            reused_pinned_link = a.reused,
+            "attached"
+        );
+        interfaces.push((a.iface.clone(), a.mode.as_str().to_string()));
+    }
+    let events = enforcer.plane_mut().take_events();
+
+    let shared = Arc::new(Shared {
+        enforcer: Mutex::new(enforcer),
+        events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
+        interfaces,
+    });
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+
+    let listener = admin::bind(&config.admin.socket)
+        .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;
+    tokio::spawn(admin::serve(listener, shared.clone()));
+    info!(socket = %config.admin.socket.display(), "admin API listening");
+
+    if let Some(addr) = config.metrics.listen {
+        crate::metrics::serve(addr, metrics.clone(), shared.clone())
+            .await
+            .with_context(|| format!("binding the metrics listener {addr}"))?;
+        info!(%addr, "metrics on http://{addr}/metrics");
+    }
+
+    if let Some(ring) = events {
+        let (s, m) = (shared.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = read_events(ring, s, m).await {
+                warn!("drop events reader stopped: {e}");
+            }
+        });
+    }
+
+    {
+        let s = shared.clone();
+        let every = config.xdp.sweep_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let s = s.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    s.enforcer.lock().unwrap_or_else(|p| p.into_inner()).sweep()
+                })
+                .await;
+                match r {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => info!(expired = n, "swept expired entries"),
+                    Ok(Err(e)) => warn!("sweeping expired entries: {e}"),
+                    Err(e) => warn!("sweeper task: {e}"),
+                }
+            }
+        });
+    }
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                warn!("SIGHUP: configuration reload is not supported by this version; restart the daemon to apply changes (enforcement continues meanwhile)");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&config.admin.socket);
+    info!(
+        pin_dir = %config.xdp.pin_dir.display(),
+        "stopping; the program stays attached through its pinned links (`ztag detach` removes it)"
+    );
+    Ok(())
+}
+
+async fn read_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd
+    // owns the ring buffer, and as_raw_fd always returns that same fd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<DropEvent>() {
+                continue;
+            }
+            // SAFETY: the program writes whole DropEvents; read unaligned.
+            let ev: DropEvent =
+                unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) };
+            batch.push(ev);
+        }
+        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        metrics.drop_events.inc_by(batch.len() as u64);
+        let names = shared
+            .enforcer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .plane()
+            .interface_names();
+        let (now, boot) = (now_ms(), boottime_ns());
+        let mut recent = shared.events.lock().unwrap_or_else(|p| p.into_inner());
+        for ev in batch {
+            let source = addr_from_event(ev.family, ev.addr)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into());
+            let reason = Reason::from_index(ev.reason)
+                .map(|r| r.label())
+                .unwrap_or("unknown");
+            let view = EventView {
+                source,
+                interface: names
+                    .get(&ev.ifindex)
+                    .cloned()
+                    .unwrap_or_else(|| format!("ifindex{}", ev.ifindex)),
+                reason: reason.into(),
+                reason_id: ev.reason_id,
+                time_ms: now - (boot.saturating_sub(ev.time_ns) / 1_000_000) as i64,
+            };
+            debug!(source = %view.source, interface = %view.interface, reason = %view.reason, "drop");
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(view);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! ztag's daemon and CLI as a library: the `ztag` binary is a thin `main`
+//! over [`cli::run`]. See ARCHITECTURE.md for the planes and the request path.
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod state;
+pub mod xdp;

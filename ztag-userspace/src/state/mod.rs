@@ -1,0 +1,398 @@
+//! The embedded state database (SQLite, WAL): the durable copy of the allow-
+//! and blocklists. The BPF maps are the kernel's copy; at start the daemon
+//! reconciles the maps to this database. A write that the admin API
+//! acknowledged is committed here first (synchronous=FULL), so it survives a
+//! crash of the daemon and of the host.
+
+use std::{
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+/// Errors of the state database; each names the file or the row concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The state directory could not be created.
+    #[error("state directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A stored row no longer parses (hand-edited database?).
+    #[error("state database row {kind}/{cidr:?} is corrupt: {why}")]
+    Corrupt {
+        /// Its list.
+        kind: String,
+        /// Its prefix text.
+        cidr: String,
+        /// Why it failed.
+        why: String,
+    },
+}
+
+/// The three lists ztag keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    /// Always pass.
+    Allow,
+    /// Static blocklist, managed by operators.
+    Block,
+    /// Dynamic blocks, written by the risk engine.
+    Dynamic,
+}
+
+impl ListKind {
+    /// All kinds.
+    pub const ALL: [ListKind; 3] = [ListKind::Allow, ListKind::Block, ListKind::Dynamic];
+
+    /// The name stored in the database and used as a metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Allow => "allow",
+            ListKind::Block => "block",
+            ListKind::Dynamic => "dynamic",
+        }
+    }
+
+    /// Parses [`ListKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "allow" => ListKind::Allow,
+            "block" => ListKind::Block,
+            "dynamic" => ListKind::Dynamic,
+            _ => return None,
+        })
+    }
+}
+
+/// One list entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its list.
+    pub kind: ListKind,
+    /// The prefix (dynamic entries are single addresses).
+    pub cidr: IpNet,
+    /// Wall-clock expiry, milliseconds since the Unix epoch; `None`: never.
+    pub expires_at_ms: Option<i64>,
+    /// The operator's (or risk engine's) reason.
+    pub reason: Option<String>,
+    /// Id of `reason` in the reasons table (carried in BPF map values and
+    /// drop events); 0 when there is no reason.
+    pub reason_id: u32,
+    /// When the entry was added, ms since the epoch.
+    pub created_at_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: lists and reasons.
+    "CREATE TABLE reasons (
+        id   INTEGER PRIMARY KEY,
+        text TEXT NOT NULL UNIQUE
+     );
+     CREATE TABLE entries (
+        kind          TEXT NOT NULL,
+        cidr          TEXT NOT NULL,
+        expires_at_ms INTEGER,
+        reason_id     INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (kind, cidr)
+     ) WITHOUT ROWID;
+     CREATE INDEX entries_expiry ON entries (expires_at_ms) WHERE expires_at_ms IS NOT NULL;",
+];
+
+/// The open database.
+pub struct StateDb {
+    conn: Connection,
+}
+
+impl StateDb {
+    /// Opens (creating if needed) the database under `dir`, mode 0700/0600.
+    pub fn open(dir: &Path) -> Result<StateDb, StateError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StateError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let path = dir.join("ztag.db");
+        let conn = Connection::open(&path)?;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<StateDb, StateError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<StateDb, StateError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tx = conn.transaction()?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(StateDb { conn })
+    }
+
+    /// Starts a transaction; the caller commits once the maps agree.
+    pub fn transaction(&mut self) -> Result<Transaction<'_>, StateError> {
+        Ok(self.conn.transaction()?)
+    }
+
+    /// Every entry of a list (all lists when `kind` is `None`), including
+    /// expired ones not yet swept.
+    pub fn list(&self, kind: Option<ListKind>) -> Result<Vec<Entry>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.kind, e.cidr, e.expires_at_ms, e.reason_id, r.text, e.created_at_ms
+               FROM entries e LEFT JOIN reasons r ON r.id = e.reason_id
+              WHERE ?1 IS NULL OR e.kind = ?1
+              ORDER BY e.kind, e.cidr",
+        )?;
+        let rows = stmt.query_map(params![kind.map(ListKind::as_str)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, cidr, expires_at_ms, reason_id, reason, created_at_ms) = row?;
+            out.push(to_entry(
+                k,
+                cidr,
+                expires_at_ms,
+                reason_id,
+                reason,
+                created_at_ms,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Entries whose expiry is at or before `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> Result<Vec<Entry>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.kind, e.cidr, e.expires_at_ms, e.reason_id, r.text, e.created_at_ms
+               FROM entries e LEFT JOIN reasons r ON r.id = e.reason_id
+              WHERE e.expires_at_ms IS NOT NULL AND e.expires_at_ms <= ?1",
+        )?;
+        let rows = stmt.query_map(params![now_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, cidr, e, id, reason, c) = row?;
+            out.push(to_entry(k, cidr, e, id, reason, c)?);
+        }
+        Ok(out)
+    }
+
+    /// Number of entries per list.
+    pub fn counts(&self) -> Result<Vec<(ListKind, u64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind, COUNT(*) FROM entries GROUP BY kind")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, n) = row?;
+            if let Some(k) = ListKind::parse(&k) {
+                out.push((k, n.max(0) as u64));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_entry(
+    kind: String,
+    cidr: String,
+    expires_at_ms: Option<i64>,
+    reason_id: u32,
+    reason: Option<String>,
+    created_at_ms: i64,
+) -> Result<Entry, StateError> {
+    let corrupt = |why: String| StateError::Corrupt {
+        kind: kind.clone(),
+        cidr: cidr.clone(),
+        why,
+    };
+    let k = ListKind::parse(&kind).ok_or_else(|| corrupt("unknown list".into()))?;
+    let net: IpNet = cidr.parse().map_err(|e| corrupt(format!("{e}")))?;
+    Ok(Entry {
+        kind: k,
+        cidr: net,
+        expires_at_ms,
+        reason,
+        reason_id,
+        created_at_ms,
+    })
+}
+
+/// Writes inside a transaction.
+pub struct Writer;
+
+impl Writer {
+    /// The id of a reason text, creating it if new; 0 for no reason.
+    pub fn reason_id(tx: &Transaction<'_>, reason: Option<&str>) -> Result<u32, StateError> {
+        let Some(text) = reason else { return Ok(0) };
+        if let Some(id) = tx
+            .prepare_cached("SELECT id FROM reasons WHERE text = ?1")?
+            .query_row(params![text], |r| r.get::<_, u32>(0))
+            .optional()?
+        {
+            return Ok(id);
+        }
+        tx.prepare_cached("INSERT INTO reasons (text) VALUES (?1)")?
+            .execute(params![text])?;
+        Ok(tx.last_insert_rowid() as u32)
+    }
+
+    /// Inserts or replaces an entry; returns whether it is new.
+    pub fn upsert(tx: &Transaction<'_>, e: &Entry) -> Result<bool, StateError> {
+        let existed = tx
+            .prepare_cached("SELECT 1 FROM entries WHERE kind = ?1 AND cidr = ?2")?
+            .query_row(params![e.kind.as_str(), e.cidr.to_string()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO entries (kind, cidr, expires_at_ms, reason_id, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            e.kind.as_str(),
+            e.cidr.to_string(),
+            e.expires_at_ms,
+            e.reason_id,
+            e.created_at_ms
+        ])?;
+        Ok(!existed)
+    }
+
+    /// Removes an entry; returns whether it existed.
+    pub fn remove(tx: &Transaction<'_>, kind: ListKind, cidr: &IpNet) -> Result<bool, StateError> {
+        let n = tx
+            .prepare_cached("DELETE FROM entries WHERE kind = ?1 AND cidr = ?2")?
+            .execute(params![kind.as_str(), cidr.to_string()])?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: ListKind, cidr: &str, exp: Option<i64>) -> Entry {
+        Entry {
+            kind,
+            cidr: cidr.parse().unwrap(),
+            expires_at_ms: exp,
+            reason: None,
+            reason_id: 0,
+            created_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn entries_survive_reopening_the_file() {
+        let dir = std::env::temp_dir().join(format!("ztag-state-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut db = StateDb::open(&dir).unwrap();
+            let tx = db.transaction().unwrap();
+            let id = Writer::reason_id(&tx, Some("scanner")).unwrap();
+            let mut e = entry(ListKind::Block, "192.0.2.0/24", Some(5_000));
+            e.reason_id = id;
+            assert!(Writer::upsert(&tx, &e).unwrap());
+            assert!(
+                !Writer::upsert(&tx, &e).unwrap(),
+                "second upsert is not new"
+            );
+            tx.commit().unwrap();
+        }
+        let db = StateDb::open(&dir).unwrap();
+        let all = db.list(None).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].reason.as_deref(), Some("scanner"));
+        assert_eq!(all[0].cidr.to_string(), "192.0.2.0/24");
+        let mode = std::fs::metadata(dir.join("ztag.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rolled_back_writes_leave_nothing() {
+        let mut db = StateDb::in_memory().unwrap();
+        {
+            let tx = db.transaction().unwrap();
+            Writer::upsert(&tx, &entry(ListKind::Allow, "10.0.0.0/8", None)).unwrap();
+            // dropped without commit
+        }
+        assert!(db.list(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn expired_finds_only_due_entries_and_reasons_are_shared() {
+        let mut db = StateDb::in_memory().unwrap();
+        let tx = db.transaction().unwrap();
+        let a = Writer::reason_id(&tx, Some("x")).unwrap();
+        let b = Writer::reason_id(&tx, Some("x")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(Writer::reason_id(&tx, None).unwrap(), 0);
+        Writer::upsert(&tx, &entry(ListKind::Block, "192.0.2.1/32", Some(100))).unwrap();
+        Writer::upsert(&tx, &entry(ListKind::Block, "192.0.2.2/32", Some(200))).unwrap();
+        Writer::upsert(&tx, &entry(ListKind::Dynamic, "2001:db8::1/128", None)).unwrap();
+        tx.commit().unwrap();
+        let due = db.expired(150).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].cidr.to_string(), "192.0.2.1/32");
+        let mut counts = db.counts().unwrap();
+        counts.sort_by_key(|(k, _)| k.as_str());
+        assert_eq!(counts, vec![(ListKind::Block, 2), (ListKind::Dynamic, 1)]);
+        let tx = db.transaction().unwrap();
+        assert!(Writer::remove(&tx, ListKind::Block, &"192.0.2.1/32".parse().unwrap()).unwrap());
+        assert!(!Writer::remove(&tx, ListKind::Block, &"192.0.2.1/32".parse().unwrap()).unwrap());
+        tx.commit().unwrap();
+    }
+}

@@ -1,0 +1,495 @@
+//! The allow-, block- and dynamic lists as operators and the risk engine see
+//! them: every change goes to the state DB and to the kernel's maps in one
+//! step (the DB transaction commits only after the maps took the change), so
+//! "acknowledged" means durable and enforced. Also the TTL sweeper and the
+//! start-up reconciliation of maps to the DB.
+
+use std::{collections::HashSet, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+use ztag_common::{XdpConfig, config_flags as cf};
+
+use super::{MapList, Plane, XdpError, boottime_ns, cidr, expiry_to_boot_ns};
+use crate::state::{Entry, ListKind, StateDb, StateError, Writer, now_ms};
+
+/// Errors of list operations, each mapped to one admin API status.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The operator's input was wrong (400).
+    #[error("{0}")]
+    BadInput(String),
+    /// Several import lines were wrong; nothing was applied (400).
+    #[error("{} invalid line(s), nothing was imported:\n{}", .0.len(), .0.iter().take(20).map(|(n, e)| format!("  line {n}: {e}")).collect::<Vec<_>>().join("\n"))]
+    BadLines(Vec<(usize, String)>),
+    /// The entry does not exist (404).
+    #[error("{0} is not on the {1} list")]
+    NotFound(String, &'static str),
+    /// The state DB failed (500).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The kernel maps failed (500).
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+}
+
+impl From<rusqlite::Error> for ListError {
+    fn from(e: rusqlite::Error) -> Self {
+        ListError::State(StateError::Sqlite(e))
+    }
+}
+
+/// An entry as the admin API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    /// "allow", "block" or "dynamic".
+    pub kind: ListKind,
+    /// The prefix.
+    pub cidr: String,
+    /// Wall-clock expiry (ms since the epoch), if any.
+    pub expires_at_ms: Option<i64>,
+    /// Seconds left, if it expires.
+    pub ttl_secs: Option<u64>,
+    /// The reason given.
+    pub reason: Option<String>,
+    /// When it was added (ms since the epoch).
+    pub created_at_ms: i64,
+}
+
+impl EntryView {
+    fn from_entry(e: &Entry, now: i64) -> Self {
+        EntryView {
+            kind: e.kind,
+            cidr: e.cidr.to_string(),
+            expires_at_ms: e.expires_at_ms,
+            ttl_secs: e
+                .expires_at_ms
+                .map(|x| ((x - now).max(0) as u64).div_ceil(1000)),
+            reason: e.reason.clone(),
+            created_at_ms: e.created_at_ms,
+        }
+    }
+}
+
+fn map_list(kind: ListKind) -> MapList {
+    match kind {
+        ListKind::Allow => MapList::Allow,
+        ListKind::Block => MapList::Block,
+        ListKind::Dynamic => MapList::Dynamic,
+    }
+}
+
+/// Per-list, per-family entry counts; drive the "map is non-empty" flags the
+/// program uses to skip lookups.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    v4: [u64; 3],
+    v6: [u64; 3],
+}
+
+/// Writes the program config when the flags (or settings) changed.
+fn push_config(plane: &mut Plane, counts: &Counts, base: &XdpConfig) -> Result<(), XdpError> {
+    let cfg = XdpConfig {
+        flags: counts.flags() | cf::INITIALISED,
+        ..*base
+    };
+    if cfg != plane.current_config() {
+        plane.write_config(cfg)?;
+    }
+    Ok(())
+}
+
+fn kind_idx(k: ListKind) -> usize {
+    match k {
+        ListKind::Allow => 0,
+        ListKind::Block => 1,
+        ListKind::Dynamic => 2,
+    }
+}
+
+impl Counts {
+    fn slot(&mut self, k: ListKind, net: &IpNet) -> &mut u64 {
+        match net {
+            IpNet::V4(_) => &mut self.v4[kind_idx(k)],
+            IpNet::V6(_) => &mut self.v6[kind_idx(k)],
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        let mut f = 0;
+        let bits = [
+            (self.v4[0], cf::HAS_ALLOW_V4),
+            (self.v6[0], cf::HAS_ALLOW_V6),
+            (self.v4[1], cf::HAS_BLOCK_V4),
+            (self.v6[1], cf::HAS_BLOCK_V6),
+            (self.v4[2], cf::HAS_DYN_V4),
+            (self.v6[2], cf::HAS_DYN_V6),
+        ];
+        for (n, bit) in bits {
+            if n > 0 {
+                f |= bit;
+            }
+        }
+        f
+    }
+}
+
+/// The state DB and the kernel maps, kept in step.
+pub struct Enforcer {
+    db: StateDb,
+    plane: Plane,
+    counts: Counts,
+    base: XdpConfig,
+}
+
+/// How an entry is to be added.
+#[derive(Debug, Clone, Default)]
+pub struct AddSpec {
+    /// Time to live; `None`: permanent.
+    pub ttl: Option<Duration>,
+    /// Free-text reason.
+    pub reason: Option<String>,
+}
+
+/// Longest reason text accepted.
+pub const MAX_REASON_LEN: usize = 256;
+
+fn check_reason(reason: &Option<String>) -> Result<(), ListError> {
+    if let Some(r) = reason {
+        if r.len() > MAX_REASON_LEN {
+            return Err(ListError::BadInput(format!(
+                "reason is {} bytes; at most {MAX_REASON_LEN} are kept",
+                r.len()
+            )));
+        }
+        if r.chars().any(|c| c.is_control()) {
+            return Err(ListError::BadInput(
+                "reason contains control characters".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_ttl(ttl: Option<Duration>) -> Result<(), ListError> {
+    if let Some(t) = ttl {
+        if t.is_zero() {
+            return Err(ListError::BadInput(
+                "ttl must be positive (omit it for a permanent entry)".into(),
+            ));
+        }
+        if t > Duration::from_secs(100 * 365 * 86_400) {
+            return Err(ListError::BadInput(
+                "ttl is over 100 years (omit it for a permanent entry)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Enforcer {
+    /// Joins the DB and the loaded plane; `base` carries the rate limit and
+    /// sampling settings. Call [`Enforcer::reconcile`] next.
+    pub fn new(db: StateDb, plane: Plane, base: XdpConfig) -> Self {
+        Enforcer {
+            db,
+            plane,
+            counts: Counts::default(),
+            base,
+        }
+    }
+
+    /// The plane, for attaching and counters.
+    pub fn plane(&self) -> &Plane {
+        &self.plane
+    }
+
+    /// The plane, mutably.
+    pub fn plane_mut(&mut self) -> &mut Plane {
+        &mut self.plane
+    }
+
+    fn push_config(&mut self) -> Result<(), XdpError> {
+        push_config(&mut self.plane, &self.counts, &self.base)
+    }
+
+    /// Makes the maps hold exactly the DB's live entries: removes keys the DB
+    /// does not have (e.g. a write whose commit a crash interrupted), writes
+    /// every DB entry, drops expired ones. Returns the number of live entries.
+    pub fn reconcile(&mut self) -> Result<usize, ListError> {
+        let now = now_ms();
+        let boot = boottime_ns();
+        // First sweep what expired while the daemon was away.
+        self.sweep()?;
+        let entries = self.db.list(None)?;
+        self.counts = Counts::default();
+        for e in &entries {
+            *self.counts.slot(e.kind, &e.cidr) += 1;
+        }
+        // Flags first so that no lookup is skipped while entries go in.
+        let cfg = XdpConfig {
+            flags: self.counts.flags(),
+            ..self.base
+        };
+        self.plane.write_config(cfg)?;
+        for kind in ListKind::ALL {
+            let want: HashSet<IpNet> = entries
+                .iter()
+                .filter(|e| e.kind == kind)
+                .map(|e| e.cidr)
+                .collect();
+            let mut stale = 0;
+            for k in self.plane.keys(map_list(kind))? {
+                if !want.contains(&k) {
+                    self.plane.remove(map_list(kind), &k)?;
+                    stale += 1;
+                }
+            }
+            if stale > 0 {
+                info!(
+                    list = kind.as_str(),
+                    stale, "removed map entries the state DB does not have"
+                );
+            }
+        }
+        for e in &entries {
+            let exp = expiry_to_boot_ns(e.expires_at_ms, now, boot);
+            self.plane
+                .insert(map_list(e.kind), &e.cidr, exp, e.reason_id)?;
+        }
+        Ok(entries.len())
+    }
+
+    /// Adds (or replaces) an entry. On return it is in the DB and the maps.
+    pub fn add(
+        &mut self,
+        kind: ListKind,
+        cidr_text: &str,
+        spec: &AddSpec,
+    ) -> Result<EntryView, ListError> {
+        let net = cidr::parse_cidr(cidr_text).map_err(|e| ListError::BadInput(e.to_string()))?;
+        check_reason(&spec.reason)?;
+        check_ttl(spec.ttl)?;
+        if kind == ListKind::Dynamic && net.prefix_len() != net.max_prefix_len() {
+            return Err(ListError::BadInput(format!(
+                "dynamic blocks are single addresses; {net} is a prefix"
+            )));
+        }
+        let now = now_ms();
+        let expires_at_ms = spec.ttl.map(|t| now + t.as_millis() as i64);
+        let tx = self.db.transaction()?;
+        let reason_id = Writer::reason_id(&tx, spec.reason.as_deref())?;
+        let e = Entry {
+            kind,
+            cidr: net,
+            expires_at_ms,
+            reason: spec.reason.clone(),
+            reason_id,
+            created_at_ms: now,
+        };
+        let new = Writer::upsert(&tx, &e)?;
+        if new {
+            *self.counts.slot(kind, &net) += 1;
+            if let Err(err) = push_config(&mut self.plane, &self.counts, &self.base) {
+                *self.counts.slot(kind, &net) -= 1;
+                return Err(err.into());
+            }
+        }
+        let exp = expiry_to_boot_ns(expires_at_ms, now, boottime_ns());
+        if let Err(err) = self.plane.insert(map_list(kind), &net, exp, reason_id) {
+            if new {
+                *self.counts.slot(kind, &net) -= 1;
+                let _ = push_config(&mut self.plane, &self.counts, &self.base);
+            }
+            return Err(err.into());
+        }
+        tx.commit()?;
+        Ok(EntryView::from_entry(&e, now))
+    }
+
+    /// Removes an entry from the DB and the maps.
+    pub fn remove(&mut self, kind: ListKind, cidr_text: &str) -> Result<(), ListError> {
+        let net = cidr::parse_cidr(cidr_text).map_err(|e| ListError::BadInput(e.to_string()))?;
+        let tx = self.db.transaction()?;
+        if !Writer::remove(&tx, kind, &net)? {
+            return Err(ListError::NotFound(net.to_string(), kind.as_str()));
+        }
+        self.plane.remove(map_list(kind), &net)?;
+        tx.commit()?;
+        let slot = self.counts.slot(kind, &net);
+        *slot = slot.saturating_sub(1);
+        push_config(&mut self.plane, &self.counts, &self.base)?;
+        Ok(())
+    }
+
+    /// Adds many entries at once (one per line; blank lines and `#` comments
+    /// are skipped; a line may be `CIDR` or `CIDR reason text`). Every line is
+    /// validated first: if any is wrong, nothing is applied and every bad
+    /// line is reported with its number.
+    pub fn import(
+        &mut self,
+        kind: ListKind,
+        text: &str,
+        spec: &AddSpec,
+    ) -> Result<usize, ListError> {
+        check_reason(&spec.reason)?;
+        check_ttl(spec.ttl)?;
+        let mut parsed = Vec::new();
+        let mut bad = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (c, reason) = match line.split_once(char::is_whitespace) {
+                Some((c, r)) => (c, Some(r.trim().to_string())),
+                None => (line, None),
+            };
+            match cidr::parse_cidr(c) {
+                Ok(n) if kind == ListKind::Dynamic && n.prefix_len() != n.max_prefix_len() => bad
+                    .push((
+                        i + 1,
+                        format!("dynamic blocks are single addresses; {n} is a prefix"),
+                    )),
+                Ok(n) => {
+                    let reason = reason.or_else(|| spec.reason.clone());
+                    if let Err(e) = check_reason(&reason) {
+                        bad.push((i + 1, e.to_string()));
+                    } else {
+                        parsed.push((n, reason));
+                    }
+                }
+                Err(e) => bad.push((i + 1, e.to_string())),
+            }
+        }
+        if !bad.is_empty() {
+            return Err(ListError::BadLines(bad));
+        }
+        let now = now_ms();
+        let boot = boottime_ns();
+        let expires_at_ms = spec.ttl.map(|t| now + t.as_millis() as i64);
+        let exp = expiry_to_boot_ns(expires_at_ms, now, boot);
+        let tx = self.db.transaction()?;
+        let mut counts = self.counts;
+        let mut reason_ids = std::collections::HashMap::new();
+        let mut rows = Vec::with_capacity(parsed.len());
+        for (net, reason) in parsed {
+            let reason_id = match reason_ids.get(&reason) {
+                Some(id) => *id,
+                None => {
+                    let id = Writer::reason_id(&tx, reason.as_deref())?;
+                    reason_ids.insert(reason.clone(), id);
+                    id
+                }
+            };
+            let e = Entry {
+                kind,
+                cidr: net,
+                expires_at_ms,
+                reason,
+                reason_id,
+                created_at_ms: now,
+            };
+            if Writer::upsert(&tx, &e)? {
+                *counts.slot(kind, &net) += 1;
+            }
+            rows.push((net, reason_id));
+        }
+        // Flags before entries: never skip a lookup for an entry already in.
+        let before = self.counts;
+        self.counts = counts;
+        push_config(&mut self.plane, &self.counts, &self.base)?;
+        for (net, reason_id) in &rows {
+            if let Err(e) = self.plane.insert(map_list(kind), net, exp, *reason_id) {
+                // Undo what went in and roll the DB back.
+                drop(tx);
+                for (n, _) in &rows {
+                    let _ = self.plane.remove(map_list(kind), n);
+                }
+                self.counts = before;
+                let _ = self.reconcile_after_failed_import(kind);
+                return Err(e.into());
+            }
+        }
+        tx.commit()?;
+        Ok(rows.len())
+    }
+
+    /// After a failed import the maps may have lost entries that the DB
+    /// still holds (an import can overwrite existing keys): write them back.
+    fn reconcile_after_failed_import(&mut self, kind: ListKind) -> Result<(), ListError> {
+        let now = now_ms();
+        let boot = boottime_ns();
+        for e in self.db.list(Some(kind))? {
+            let exp = expiry_to_boot_ns(e.expires_at_ms, now, boot);
+            self.plane
+                .insert(map_list(kind), &e.cidr, exp, e.reason_id)?;
+        }
+        self.push_config()?;
+        Ok(())
+    }
+
+    /// Entries of one list (or all).
+    pub fn list(&self, kind: Option<ListKind>) -> Result<Vec<EntryView>, ListError> {
+        let now = now_ms();
+        Ok(self
+            .db
+            .list(kind)?
+            .iter()
+            .filter(|e| e.expires_at_ms.is_none_or(|x| x > now))
+            .map(|e| EntryView::from_entry(e, now))
+            .collect())
+    }
+
+    /// Number of entries per list, for `ztag_blocklist_entries{kind}`.
+    pub fn entry_counts(&self) -> [(ListKind, u64); 3] {
+        ListKind::ALL.map(|k| {
+            let i = kind_idx(k);
+            (k, self.counts.v4[i] + self.counts.v6[i])
+        })
+    }
+
+    /// Removes expired entries from the maps and the DB; returns how many.
+    pub fn sweep(&mut self) -> Result<usize, ListError> {
+        let due = self.db.expired(now_ms())?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.transaction()?;
+        for e in &due {
+            self.plane.remove(map_list(e.kind), &e.cidr)?;
+            if Writer::remove(&tx, e.kind, &e.cidr)? {
+                let slot = self.counts.slot(e.kind, &e.cidr);
+                *slot = slot.saturating_sub(1);
+            }
+        }
+        tx.commit()?;
+        push_config(&mut self.plane, &self.counts, &self.base)?;
+        Ok(due.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_follow_counts() {
+        let mut c = Counts::default();
+        assert_eq!(c.flags(), 0);
+        *c.slot(ListKind::Block, &"10.0.0.0/8".parse().unwrap()) += 1;
+        *c.slot(ListKind::Allow, &"2001:db8::/32".parse().unwrap()) += 1;
+        assert_eq!(c.flags(), cf::HAS_BLOCK_V4 | cf::HAS_ALLOW_V6);
+    }
+
+    #[test]
+    fn reasons_and_ttls_are_checked() {
+        assert!(check_reason(&Some("scanner from abuse report #12".into())).is_ok());
+        assert!(check_reason(&Some("a\nb".into())).is_err());
+        assert!(check_reason(&Some("x".repeat(MAX_REASON_LEN + 1))).is_err());
+        assert!(check_ttl(Some(Duration::ZERO)).is_err());
+        assert!(check_ttl(Some(Duration::from_secs(600))).is_ok());
+        assert!(check_ttl(None).is_ok());
+    }
+}
