@@ -272,9 +272,9 @@ fn need_root(what: &str, socket: &Path) -> Result<()> {
 async fn list_cmd(client: &AdminClient, kind: &str, cmd: ListCmd) -> Result<()> {
     match cmd {
         ListCmd::Add { cidr, ttl, reason } => {
-            need_root(&format!("ztag {kind} add"), client.socket())?;
             // Validate locally first: a clear error without a round trip.
             crate::xdp::cidr::parse_cidr(&cidr)?;
+            need_root(&format!("ztag {kind} add"), client.socket())?;
             let v: EntryView = client
                 .post(
                     &format!("/v1/lists/{kind}"),
@@ -295,8 +295,8 @@ async fn list_cmd(client: &AdminClient, kind: &str, cmd: ListCmd) -> Result<()> 
             }
         }
         ListCmd::Rm { cidr } => {
-            need_root(&format!("ztag {kind} rm"), client.socket())?;
             let net = crate::xdp::cidr::parse_cidr(&cidr)?;
+            need_root(&format!("ztag {kind} rm"), client.socket())?;
             let _: serde_json::Value = client
                 .post(&format!("/v1/lists/{kind}/remove"), &RemoveRequest { cidr })
                 .await?;

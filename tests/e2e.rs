@@ -1,0 +1,6 @@
+//! ztag's end-to-end tests, one binary: the kernel program on crafted frames
+//! (BPF_PROG_TEST_RUN) and the daemon in network namespaces. Privileged tests
+//! skip by name without root and fail under CI=true.
+
+mod prog_test_run;
+mod xdp_netns;
