@@ -307,6 +307,47 @@ impl Writer {
         Ok(!existed)
     }
 
+    /// Inserts or replaces many entries of one list with one prepared
+    /// statement (the bulk import path).
+    pub fn bulk_upsert(
+        tx: &Transaction<'_>,
+        kind: ListKind,
+        rows: &[(IpNet, u32)],
+        expires_at_ms: Option<i64>,
+        created_at_ms: i64,
+    ) -> Result<(), StateError> {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO entries (kind, cidr, expires_at_ms, reason_id, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut text = String::with_capacity(43);
+        for (net, reason_id) in rows {
+            use std::fmt::Write as _;
+            text.clear();
+            let _ = write!(text, "{net}");
+            stmt.execute(params![kind.as_str(), text, expires_at_ms, reason_id, created_at_ms])?;
+        }
+        Ok(())
+    }
+
+    /// Entries per list and family: (list, is IPv6, count).
+    pub fn family_counts(tx: &Transaction<'_>) -> Result<Vec<(ListKind, bool, u64)>, StateError> {
+        let mut stmt = tx.prepare_cached(
+            "SELECT kind, instr(cidr, ':') > 0, COUNT(*) FROM entries GROUP BY 1, 2",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, v6, n) = row?;
+            if let Some(k) = ListKind::parse(&k) {
+                out.push((k, v6, n.max(0) as u64));
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes an entry; returns whether it existed.
     pub fn remove(tx: &Transaction<'_>, kind: ListKind, cidr: &IpNet) -> Result<bool, StateError> {
         let n = tx

@@ -109,6 +109,19 @@ fn kind_idx(k: ListKind) -> usize {
 }
 
 impl Counts {
+    /// From (list, is_v6, count) rows.
+    fn from_rows(rows: &[(ListKind, bool, u64)]) -> Self {
+        let mut c = Counts::default();
+        for &(k, v6, n) in rows {
+            if v6 {
+                c.v6[kind_idx(k)] = n;
+            } else {
+                c.v4[kind_idx(k)] = n;
+            }
+        }
+        c
+    }
+
     fn slot(&mut self, k: ListKind, net: &IpNet) -> &mut u64 {
         match net {
             IpNet::V4(_) => &mut self.v4[kind_idx(k)],
@@ -371,7 +384,6 @@ impl Enforcer {
         let expires_at_ms = spec.ttl.map(|t| now + t.as_millis() as i64);
         let exp = expiry_to_boot_ns(expires_at_ms, now, boot);
         let tx = self.db.transaction()?;
-        let mut counts = self.counts;
         let mut reason_ids = std::collections::HashMap::new();
         let mut rows = Vec::with_capacity(parsed.len());
         for (net, reason) in parsed {
@@ -379,27 +391,21 @@ impl Enforcer {
                 Some(id) => *id,
                 None => {
                     let id = Writer::reason_id(&tx, reason.as_deref())?;
-                    reason_ids.insert(reason.clone(), id);
+                    reason_ids.insert(reason, id);
                     id
                 }
             };
-            let e = Entry {
-                kind,
-                cidr: net,
-                expires_at_ms,
-                reason,
-                reason_id,
-                created_at_ms: now,
-            };
-            if Writer::upsert(&tx, &e)? {
-                *counts.slot(kind, &net) += 1;
-            }
             rows.push((net, reason_id));
         }
+        Writer::bulk_upsert(&tx, kind, &rows, expires_at_ms, now)?;
         // Flags before entries: never skip a lookup for an entry already in.
         let before = self.counts;
-        self.counts = counts;
-        push_config(&mut self.plane, &self.counts, &self.base)?;
+        let mut provisional = self.counts;
+        for (net, _) in &rows {
+            let slot = provisional.slot(kind, net);
+            *slot = (*slot).max(1);
+        }
+        push_config(&mut self.plane, &provisional, &self.base)?;
         for (net, reason_id) in &rows {
             if let Err(e) = self.plane.insert(map_list(kind), net, exp, *reason_id) {
                 // Undo what went in and roll the DB back.
@@ -412,7 +418,10 @@ impl Enforcer {
                 return Err(e.into());
             }
         }
+        let counts = Counts::from_rows(&Writer::family_counts(&tx)?);
         tx.commit()?;
+        self.counts = counts;
+        push_config(&mut self.plane, &self.counts, &self.base)?;
         Ok(rows.len())
     }
 
