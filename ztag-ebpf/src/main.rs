@@ -30,6 +30,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::debug;
 use ztag_common::{
     BlockEntry, DYN_MAX_ENTRIES, DropEvent, DynEntry, EVENTS_BYTES, FAMILY_V4, IfCounters,
     LIST_MAX_ENTRIES, MAX_INTERFACES, RATE_MAX_ENTRIES, REASON_COUNT, Reason, TokenBucket,
@@ -92,6 +93,10 @@ pub fn ztag_xdp(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     let ifindex = ctx.ingress_ifindex() as u32;
     let d = classify(data, end);
+    if d.reason == Reason::Malformed {
+        // Rare by construction; the daemon prints these at debug level.
+        debug!(&ctx, "xdp: malformed frame of {} bytes on ifindex {}", end - data, ifindex);
+    }
     if finish(&d, ifindex, (end - data) as u64) {
         xdp_action::XDP_DROP
     } else {
@@ -116,6 +121,9 @@ pub fn ztag_tc(ctx: TcContext) -> i32 {
     // SAFETY: reading ingress_ifindex from the skb context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let d = classify(data, end);
+    if d.reason == Reason::Malformed {
+        debug!(&ctx, "tc: malformed frame of {} bytes on ifindex {}", len, ifindex);
+    }
     if finish(&d, ifindex, len as u64) {
         TC_ACT_SHOT as i32
     } else {

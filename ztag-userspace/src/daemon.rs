@@ -72,6 +72,13 @@ pub async fn run(config: Config) -> Result<()> {
         interfaces.push((a.iface.clone(), a.mode.as_str().to_string()));
     }
     let events = enforcer.plane_mut().take_events();
+    if let Some(logger) = enforcer.plane_mut().take_logger() {
+        tokio::spawn(async move {
+            if let Err(e) = forward_program_logs(logger).await {
+                warn!("eBPF log reader stopped: {e}");
+            }
+        });
+    }
 
     let shared = Arc::new(Shared {
         enforcer: Mutex::new(enforcer),
@@ -142,6 +149,22 @@ pub async fn run(config: Config) -> Result<()> {
         "stopping; the program stays attached through its pinned links (`ztag detach` removes it)"
     );
     Ok(())
+}
+
+/// Forwards the program's aya-log lines to the daemon's log (they arrive
+/// through the `log` crate, which tracing-subscriber picks up).
+async fn forward_program_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> std::io::Result<()> {
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
+    // owns the logger.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }
 
 async fn read_events(

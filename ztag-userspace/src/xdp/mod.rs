@@ -134,6 +134,7 @@ pub struct Plane {
     events: Option<RingBuf<MapData>>,
     current: XdpConfig,
     attachments: Vec<Attachment>,
+    /// aya-log's reader; must live while the programs are loaded.
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -310,6 +311,11 @@ impl Plane {
     /// Interfaces attached so far.
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+
+    /// Hands the aya-log reader (debug lines of the program) to its task.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self._logger.take()
     }
 
     /// Hands the drop-event ring buffer to its reader (once).
