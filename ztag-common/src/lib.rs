@@ -30,7 +30,8 @@ pub mod map_names {
     pub const RATE_V6: &str = "RATE_V6";
     /// Program configuration (array of one [`super::XdpConfig`]).
     pub const CONFIG: &str = "CONFIG";
-    /// Per-CPU packet and byte counters per interface (hash by ifindex).
+    /// Per-CPU packet and byte counters per interface (array of
+    /// [`super::IfCounters`], slot from [`super::counter_slot`]).
     pub const COUNTERS: &str = "COUNTERS";
     /// Sampled drop events (ring buffer of [`super::DropEvent`]).
     pub const EVENTS: &str = "EVENTS";
@@ -59,13 +60,22 @@ pub const DYN_MAX_ENTRIES: u32 = 1_000_000;
 /// Sources tracked by the rate limiter per family; the least recently seen
 /// source is evicted first (an evicted source starts again with a full bucket).
 pub const RATE_MAX_ENTRIES: u32 = 65_536;
-/// Interfaces with their own counters.
-pub const MAX_INTERFACES: u32 = 256;
+/// Counter slots: slot 0 counts packets of interfaces without a slot of
+/// their own; the others belong to one interface each.
+pub const COUNTER_SLOTS: u32 = 256;
 /// Ring buffer size for drop events, bytes (a power of two, page aligned).
 pub const EVENTS_BYTES: u32 = 1 << 20;
-/// Counter slot used when a packet arrives on an interface the daemon did not
-/// register (should not happen; counted so that nothing goes uncounted).
+/// The "owner" of counter slot 0: packets on an interface the daemon did not
+/// register, or whose slot another interface holds, are counted there, so
+/// that nothing goes uncounted.
 pub const UNKNOWN_IFINDEX: u32 = 0;
+
+/// The counter slot of an interface: an array index the JIT inlines, instead
+/// of a hash lookup per packet. The slot's `ifindex` says who owns it; two
+/// attached interfaces whose indices collide share slot 0 (the daemon warns).
+pub const fn counter_slot(ifindex: u32) -> u32 {
+    1 + ifindex % (COUNTER_SLOTS - 1)
+}
 
 /// Why a packet got its verdict. Each reason belongs to exactly one action;
 /// counters are indexed by reason.
@@ -150,10 +160,15 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Value of the per-CPU `COUNTERS` map: one [`Counter`] per [`Reason`].
+/// Value of the per-CPU `COUNTERS` array: the slot's owner and one
+/// [`Counter`] per [`Reason`].
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct IfCounters {
+    /// Interface index that owns this slot (0: none, or slot 0).
+    pub ifindex: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// Indexed by `Reason as usize`.
     pub by_reason: [Counter; REASON_COUNT],
 }
@@ -274,12 +289,21 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<IfCounters>(), 16 * REASON_COUNT);
+        assert_eq!(size_of::<IfCounters>(), 8 + 16 * REASON_COUNT);
         assert_eq!(size_of::<BlockEntry>(), 16);
         assert_eq!(size_of::<DynEntry>(), 16);
         assert_eq!(size_of::<TokenBucket>(), 16);
         assert_eq!(size_of::<XdpConfig>(), 16);
         assert_eq!(size_of::<DropEvent>(), 8 + 16 + 4 + 4 + 4 + 1 + 3);
+    }
+
+    #[test]
+    fn counter_slots_stay_in_range_and_skip_slot_zero() {
+        for i in [1u32, 2, 254, 255, 256, 1000, u32::MAX] {
+            let s = counter_slot(i);
+            assert!(s >= 1 && s < COUNTER_SLOTS, "{i} -> {s}");
+        }
+        assert_eq!(counter_slot(1), counter_slot(256), "255 apart collide");
     }
 
     #[test]

@@ -27,14 +27,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use ztag_common::{
-    BlockEntry, DYN_MAX_ENTRIES, DropEvent, DynEntry, EVENTS_BYTES, FAMILY_V4, IfCounters,
-    LIST_MAX_ENTRIES, MAX_INTERFACES, RATE_MAX_ENTRIES, REASON_COUNT, Reason, TokenBucket,
-    UNKNOWN_IFINDEX, XdpConfig, config_flags as cf,
+    BlockEntry, COUNTER_SLOTS, DYN_MAX_ENTRIES, DropEvent, DynEntry, EVENTS_BYTES, FAMILY_V4,
+    IfCounters, LIST_MAX_ENTRIES, RATE_MAX_ENTRIES, REASON_COUNT, Reason, TokenBucket, XdpConfig,
+    config_flags as cf, counter_slot,
 };
 
 use crate::parse::{Source, parse_source};
@@ -60,7 +60,7 @@ static RATE_V6: LruHashMap<[u8; 8], TokenBucket> = LruHashMap::pinned(RATE_MAX_E
 #[map(name = "CONFIG")]
 static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuHashMap<u32, IfCounters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
+static COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
@@ -95,7 +95,12 @@ pub fn ztag_xdp(ctx: XdpContext) -> u32 {
     let d = classify(data, end);
     if d.reason == Reason::Malformed {
         // Rare by construction; the daemon prints these at debug level.
-        debug!(&ctx, "xdp: malformed frame of {} bytes on ifindex {}", end - data, ifindex);
+        debug!(
+            &ctx,
+            "xdp: malformed frame of {} bytes on ifindex {}",
+            end - data,
+            ifindex
+        );
     }
     if finish(&d, ifindex, (end - data) as u64) {
         xdp_action::XDP_DROP
@@ -122,7 +127,10 @@ pub fn ztag_tc(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let d = classify(data, end);
     if d.reason == Reason::Malformed {
-        debug!(&ctx, "tc: malformed frame of {} bytes on ifindex {}", len, ifindex);
+        debug!(
+            &ctx,
+            "tc: malformed frame of {} bytes on ifindex {}", len, ifindex
+        );
     }
     if finish(&d, ifindex, len as u64) {
         TC_ACT_SHOT as i32
@@ -145,6 +153,21 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
+/// `CLOCK_BOOTTIME`, read at most once per packet and only when a decision
+/// needs it (an entry with an expiry, the rate limit, an event): most
+/// packets never pay for the clock.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn get(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now_ns();
+        }
+        self.0
+    }
+}
+
 #[inline(always)]
 fn config() -> XdpConfig {
     match CONFIG.get(0) {
@@ -159,8 +182,8 @@ fn has(cfg: &XdpConfig, flag: u32) -> bool {
 }
 
 #[inline(always)]
-fn live(e: &BlockEntry, now: u64) -> bool {
-    e.expires_ns == 0 || e.expires_ns > now
+fn live(expires_ns: u64, now: &mut Clock) -> bool {
+    expires_ns == 0 || expires_ns > now.get()
 }
 
 /// Longest live match in an LPM trie: when the longest match has expired,
@@ -169,12 +192,12 @@ fn live(e: &BlockEntry, now: u64) -> bool {
 fn lpm_live<const N: usize>(
     trie: &LpmTrie<[u8; N], BlockEntry>,
     addr: [u8; N],
-    now: u64,
+    now: &mut Clock,
 ) -> Option<u32> {
     let mut plen = (N * 8) as u32;
     for _ in 0..MAX_EXPIRED_HOPS {
         let e = trie.get(Key::new(plen, addr))?;
-        if live(e, now) {
+        if live(e.expires_ns, now) {
             return Some(e.reason_id);
         }
         if e.prefix_len == 0 || e.prefix_len > plen {
@@ -189,12 +212,12 @@ fn lpm_live<const N: usize>(
 fn dyn_live<const N: usize>(
     map: &HashMap<[u8; N], DynEntry>,
     addr: &[u8; N],
-    now: u64,
+    now: &mut Clock,
 ) -> Option<u32> {
     // SAFETY: the value is copied out at once; a concurrent delete can at
     // worst make us read a just-removed entry, which was valid a moment ago.
     let e = unsafe { map.get(addr) }?;
-    if e.expires_ns == 0 || e.expires_ns > now {
+    if live(e.expires_ns, now) {
         Some(e.reason_id)
     } else {
         None
@@ -260,7 +283,7 @@ fn classify(data: usize, end: usize) -> Decision {
         Err(()) => return Decision::new(Reason::Malformed),
     };
     let cfg = config();
-    let now = now_ns();
+    let mut now = Clock(0);
     let mut d = Decision {
         reason: Reason::Default,
         reason_id: 0,
@@ -269,50 +292,50 @@ fn classify(data: usize, end: usize) -> Decision {
     match src.family {
         FAMILY_V4 => {
             let a = [src.addr[0], src.addr[1], src.addr[2], src.addr[3]];
-            if has(&cfg, cf::HAS_ALLOW_V4) && lpm_live(&ALLOW_V4, a, now).is_some() {
+            if has(&cfg, cf::HAS_ALLOW_V4) && lpm_live(&ALLOW_V4, a, &mut now).is_some() {
                 d.reason = Reason::Allowlist;
                 return d;
             }
             if has(&cfg, cf::HAS_BLOCK_V4)
-                && let Some(id) = lpm_live(&BLOCK_V4, a, now)
+                && let Some(id) = lpm_live(&BLOCK_V4, a, &mut now)
             {
                 d.reason = Reason::Blocklist;
                 d.reason_id = id;
                 return d;
             }
             if has(&cfg, cf::HAS_DYN_V4)
-                && let Some(id) = dyn_live(&DYN_V4, &a, now)
+                && let Some(id) = dyn_live(&DYN_V4, &a, &mut now)
             {
                 d.reason = Reason::Dynamic;
                 d.reason_id = id;
                 return d;
             }
-            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V4, &a, &cfg, now) {
+            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V4, &a, &cfg, now.get()) {
                 d.reason = Reason::RateLimit;
             }
         }
         _ => {
             let a = src.addr;
-            if has(&cfg, cf::HAS_ALLOW_V6) && lpm_live(&ALLOW_V6, a, now).is_some() {
+            if has(&cfg, cf::HAS_ALLOW_V6) && lpm_live(&ALLOW_V6, a, &mut now).is_some() {
                 d.reason = Reason::Allowlist;
                 return d;
             }
             if has(&cfg, cf::HAS_BLOCK_V6)
-                && let Some(id) = lpm_live(&BLOCK_V6, a, now)
+                && let Some(id) = lpm_live(&BLOCK_V6, a, &mut now)
             {
                 d.reason = Reason::Blocklist;
                 d.reason_id = id;
                 return d;
             }
             if has(&cfg, cf::HAS_DYN_V6)
-                && let Some(id) = dyn_live(&DYN_V6, &a, now)
+                && let Some(id) = dyn_live(&DYN_V6, &a, &mut now)
             {
                 d.reason = Reason::Dynamic;
                 d.reason_id = id;
                 return d;
             }
             let k = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
-            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V6, &k, &cfg, now) {
+            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V6, &k, &cfg, now.get()) {
                 d.reason = Reason::RateLimit;
             }
         }
@@ -325,9 +348,10 @@ fn classify(data: usize, end: usize) -> Decision {
 #[inline(always)]
 fn finish(d: &Decision, ifindex: u32, bytes: u64) -> bool {
     let idx = d.reason as usize;
-    let slot = match COUNTERS.get_ptr_mut(ifindex) {
-        Some(p) => Some(p),
-        None => COUNTERS.get_ptr_mut(UNKNOWN_IFINDEX),
+    let slot = match COUNTERS.get_ptr_mut(counter_slot(ifindex)) {
+        // SAFETY: per-CPU array value, valid for this run.
+        Some(p) if unsafe { (*p).ifindex } == ifindex => Some(p),
+        _ => COUNTERS.get_ptr_mut(0),
     };
     if let Some(p) = slot
         && idx < REASON_COUNT

@@ -62,8 +62,17 @@ mod tests {
     #[test]
     fn cidr_target_holds_on_seeds_and_random_input() {
         for seed in [
-            "10.0.0.0/8", "::/0", "::ffff:1.2.3.4/128", "1.2.3.4/33", "2001:db8::1/64",
-            "0.0.0.0", "255.255.255.255/32", "::", "1::/1", "/", "1.1.1.1//1",
+            "10.0.0.0/8",
+            "::/0",
+            "::ffff:1.2.3.4/128",
+            "1.2.3.4/33",
+            "2001:db8::1/64",
+            "0.0.0.0",
+            "255.255.255.255/32",
+            "::",
+            "1::/1",
+            "/",
+            "1.1.1.1//1",
         ] {
             cidr(seed.as_bytes());
         }
@@ -75,7 +84,13 @@ mod tests {
     #[test]
     fn config_target_holds_on_seeds_and_random_input() {
         config(crate::config::EMBEDDED_DEFAULT.as_bytes());
-        for seed in ["", "[xdp]", "[xdp]\ninterfaces = []", "x = 1", "[metrics]\nlisten = 5"] {
+        for seed in [
+            "",
+            "[xdp]",
+            "[xdp]\ninterfaces = []",
+            "x = 1",
+            "[metrics]\nlisten = 5",
+        ] {
             config(seed.as_bytes());
         }
         for i in inputs(5_000, b"[]=\"\nxdpmoe_ \t0123.:") {

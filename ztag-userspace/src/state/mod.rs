@@ -325,7 +325,13 @@ impl Writer {
             use std::fmt::Write as _;
             text.clear();
             let _ = write!(text, "{net}");
-            stmt.execute(params![kind.as_str(), text, expires_at_ms, reason_id, created_at_ms])?;
+            stmt.execute(params![
+                kind.as_str(),
+                text,
+                expires_at_ms,
+                reason_id,
+                created_at_ms
+            ])?;
         }
         Ok(())
     }
@@ -336,7 +342,11 @@ impl Writer {
             "SELECT kind, instr(cidr, ':') > 0, COUNT(*) FROM entries GROUP BY 1, 2",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {

@@ -16,7 +16,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -28,7 +28,7 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 use ztag_common::{
     BlockEntry, DynEntry, IfCounters, PINNED_MAPS, REASON_COUNT, UNKNOWN_IFINDEX, XdpConfig,
-    config_flags as cf, map_names as mn,
+    config_flags as cf, counter_slot, map_names as mn,
 };
 
 use crate::config::AttachMode;
@@ -130,7 +130,7 @@ pub struct Plane {
     dyn_v4: HashMap<MapData, [u8; 4], DynEntry>,
     dyn_v6: HashMap<MapData, [u8; 16], DynEntry>,
     config: Array<MapData, XdpConfig>,
-    counters: PerCpuHashMap<MapData, u32, IfCounters>,
+    counters: PerCpuArray<MapData, IfCounters>,
     events: Option<RingBuf<MapData>>,
     current: XdpConfig,
     attachments: Vec<Attachment>,
@@ -279,8 +279,7 @@ impl Plane {
         let dyn_v4 = HashMap::try_from(take(mn::DYN_V4)?).map_err(map_err(mn::DYN_V4))?;
         let dyn_v6 = HashMap::try_from(take(mn::DYN_V6)?).map_err(map_err(mn::DYN_V6))?;
         let config = Array::try_from(take(mn::CONFIG)?).map_err(map_err(mn::CONFIG))?;
-        let counters =
-            PerCpuHashMap::try_from(take(mn::COUNTERS)?).map_err(map_err(mn::COUNTERS))?;
+        let counters = PerCpuArray::try_from(take(mn::COUNTERS)?).map_err(map_err(mn::COUNTERS))?;
         let events = RingBuf::try_from(take(mn::EVENTS)?).map_err(map_err(mn::EVENTS))?;
         let current = config.get(&0, 0).map_err(map_err(mn::CONFIG))?;
         let mut plane = Plane {
@@ -328,23 +327,43 @@ impl Plane {
         &mut self.ebpf
     }
 
-    /// Makes sure the interface has a counters slot, so its packets are
-    /// counted under its own name.
+    /// Gives the interface its counters slot, so its packets are counted
+    /// under its own name. A slot already owned by this interface (pinned by
+    /// an earlier daemon) keeps its totals; a slot owned by an interface that
+    /// no longer exists is taken over; a slot owned by another live interface
+    /// is left alone, and this one is counted as "unknown" (logged).
     pub fn register_interface(&mut self, ifindex: u32) -> Result<(), XdpError> {
-        if self.counters.get(&ifindex, 0).is_ok() {
+        let slot = if ifindex == UNKNOWN_IFINDEX {
+            0
+        } else {
+            counter_slot(ifindex)
+        };
+        let cur = self.counters.get(&slot, 0).map_err(map_err(mn::COUNTERS))?;
+        let owner = cur.iter().map(|c| c.ifindex).max().unwrap_or(0);
+        if owner == ifindex && (slot == 0 || owner != 0) {
             return Ok(());
         }
-        let n = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Map {
+        if owner != 0 && owner != ifindex && interface_exists(owner) {
+            warn!(
+                ifindex,
+                other = owner,
+                "counter slot taken by another interface; this one's packets are counted as \"unknown\""
+            );
+            return Ok(());
+        }
+        let values = PerCpuValues::try_from(vec![
+            IfCounters {
+                ifindex,
+                ..IfCounters::default()
+            };
+            cur.len()
+        ])
+        .map_err(|e| XdpError::Map {
             name: mn::COUNTERS,
             source: aya::maps::MapError::IoError(e),
         })?;
-        let values =
-            PerCpuValues::try_from(vec![IfCounters::default(); n]).map_err(|e| XdpError::Map {
-                name: mn::COUNTERS,
-                source: aya::maps::MapError::IoError(e),
-            })?;
         self.counters
-            .insert(ifindex, values, 0)
+            .set(slot, values, 0)
             .map_err(map_err(mn::COUNTERS))
     }
 
@@ -644,12 +663,19 @@ impl Plane {
         Ok(out)
     }
 
-    /// Counters per interface index, summed over CPUs.
+    /// Counters per interface index (0: "unknown"), summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<u32, IfCounters>, XdpError> {
         let mut out = BTreeMap::new();
-        for item in self.counters.iter() {
-            let (ifindex, per_cpu) = item.map_err(map_err(mn::COUNTERS))?;
-            let mut sum = IfCounters::default();
+        for (slot, item) in self.counters.iter().enumerate() {
+            let per_cpu = item.map_err(map_err(mn::COUNTERS))?;
+            let ifindex = per_cpu.iter().map(|c| c.ifindex).max().unwrap_or(0);
+            if slot != 0 && ifindex == 0 {
+                continue;
+            }
+            let mut sum = IfCounters {
+                ifindex,
+                ..IfCounters::default()
+            };
             for c in per_cpu.iter() {
                 for r in 0..REASON_COUNT {
                     sum.by_reason[r].packets += c.by_reason[r].packets;
@@ -678,6 +704,12 @@ impl Plane {
         let p = self.ebpf.program(name)?;
         p.fd().ok().map(|fd| fd.as_fd().as_raw_fd())
     }
+}
+
+fn interface_exists(ifindex: u32) -> bool {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    !unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null()
 }
 
 fn map_name(list: MapList, net: &IpNet) -> &'static str {
