@@ -103,20 +103,60 @@ fn ipv4_and_ipv6_blocklist_allowlist_precedence() {
     }
     let mut f = fixture(no_limits());
     let fr = Frame::new();
-    expect(&f, &fr.tcp(ip("192.0.2.7"), ACK, 0), XDP_PASS, "empty lists pass");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.7"), ACK, 0),
+        XDP_PASS,
+        "empty lists pass",
+    );
     f.add(ListKind::Block, "192.0.2.0/24", None);
     f.add(ListKind::Block, "2001:db8:bad::/48", None);
-    expect(&f, &fr.tcp(ip("192.0.2.7"), ACK, 0), XDP_DROP, "v4 in blocked /24");
-    expect(&f, &fr.tcp(ip("192.0.3.7"), ACK, 0), XDP_PASS, "v4 outside the /24");
-    expect(&f, &fr.tcp(ip("2001:db8:bad::1"), ACK, 0), XDP_DROP, "v6 in blocked /48");
-    expect(&f, &fr.tcp(ip("2001:db8:bae::1"), ACK, 0), XDP_PASS, "v6 outside the /48");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.7"), ACK, 0),
+        XDP_DROP,
+        "v4 in blocked /24",
+    );
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.3.7"), ACK, 0),
+        XDP_PASS,
+        "v4 outside the /24",
+    );
+    expect(
+        &f,
+        &fr.tcp(ip("2001:db8:bad::1"), ACK, 0),
+        XDP_DROP,
+        "v6 in blocked /48",
+    );
+    expect(
+        &f,
+        &fr.tcp(ip("2001:db8:bae::1"), ACK, 0),
+        XDP_PASS,
+        "v6 outside the /48",
+    );
     // The allowlist wins over the blocklist.
     f.add(ListKind::Allow, "192.0.2.7", None);
-    expect(&f, &fr.tcp(ip("192.0.2.7"), ACK, 0), XDP_PASS, "allowlisted inside blocked /24");
-    expect(&f, &fr.tcp(ip("192.0.2.8"), ACK, 0), XDP_DROP, "neighbour still blocked");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.7"), ACK, 0),
+        XDP_PASS,
+        "allowlisted inside blocked /24",
+    );
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.8"), ACK, 0),
+        XDP_DROP,
+        "neighbour still blocked",
+    );
     // Removal takes effect.
     f.enforcer.remove(ListKind::Block, "192.0.2.0/24").unwrap();
-    expect(&f, &fr.tcp(ip("192.0.2.8"), ACK, 0), XDP_PASS, "after block rm");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.8"), ACK, 0),
+        XDP_PASS,
+        "after block rm",
+    );
     assert_eq!(f.count(Reason::Blocklist), 3);
     assert_eq!(f.count(Reason::Allowlist), 1);
     assert_eq!(f.count(Reason::Default), 4);
@@ -134,8 +174,14 @@ fn vlan_qinq_and_odd_frames() {
     let bad6 = ip("2001:db8::9");
     for (frame, what) in [
         (Frame::new().vlan(100).tcp(bad4, ACK, 0), "802.1Q v4"),
-        (Frame::new().vlan(100).vlan(200).tcp(bad4, ACK, 0), "QinQ (802.1ad + 802.1Q) v4"),
-        (Frame::new().tpid(0x88a8).vlan(7).tcp(bad6, ACK, 0), "802.1ad v6"),
+        (
+            Frame::new().vlan(100).vlan(200).tcp(bad4, ACK, 0),
+            "QinQ (802.1ad + 802.1Q) v4",
+        ),
+        (
+            Frame::new().tpid(0x88a8).vlan(7).tcp(bad6, ACK, 0),
+            "802.1ad v6",
+        ),
         (Frame::new().vlan(1).vlan(2).tcp(bad6, ACK, 0), "QinQ v6"),
         (Frame::new().tcp(bad4, ACK, 100), "non-first IPv4 fragment"),
         (Frame::new().tcp(bad6, ACK, 100), "non-first IPv6 fragment"),
@@ -143,14 +189,28 @@ fn vlan_qinq_and_odd_frames() {
         expect(&f, &frame, XDP_DROP, what);
     }
     // Three tags: more than ztag parses: dropped as malformed.
-    let triple = Frame::new().vlan(1).vlan(2).vlan(3).tcp(ip("192.0.2.1"), ACK, 0);
+    let triple = Frame::new()
+        .vlan(1)
+        .vlan(2)
+        .vlan(3)
+        .tcp(ip("192.0.2.1"), ACK, 0);
     expect(&f, &triple, XDP_DROP, "three VLAN tags");
     // Truncated IP headers: claim IP, cannot be read.
     let full = Frame::new().tcp(ip("192.0.2.1"), ACK, 0);
-    expect(&f, &full[..14 + 19], XDP_DROP, "IPv4 header cut at 19 bytes");
+    expect(
+        &f,
+        &full[..14 + 19],
+        XDP_DROP,
+        "IPv4 header cut at 19 bytes",
+    );
     expect(&f, &full[..14], XDP_DROP, "EtherType IPv4, no header");
     let full6 = Frame::new().tcp(ip("2001:db8::1"), ACK, 0);
-    expect(&f, &full6[..14 + 39], XDP_DROP, "IPv6 header cut at 39 bytes");
+    expect(
+        &f,
+        &full6[..14 + 39],
+        XDP_DROP,
+        "IPv6 header cut at 39 bytes",
+    );
     let vlan_cut = Frame::new().vlan(5).tcp(ip("192.0.2.1"), ACK, 0);
     expect(&f, &vlan_cut[..16], XDP_DROP, "VLAN tag cut short");
     // IHL < 5 and a wrong version nibble.
@@ -161,7 +221,12 @@ fn vlan_qinq_and_odd_frames() {
     bad_ver[14] = 0x65;
     expect(&f, &bad_ver, XDP_DROP, "version 6 in an IPv4 frame");
     // A TCP header cut short is still judged by its (unblocked) source.
-    expect(&f, &full[..14 + 20 + 10], XDP_PASS, "IPv4 with half a TCP header");
+    expect(
+        &f,
+        &full[..14 + 20 + 10],
+        XDP_PASS,
+        "IPv4 with half a TCP header",
+    );
     // Non-IP passes.
     let arp = Frame::new().raw(0x0806, &[0u8; 28]);
     expect(&f, &arp, XDP_PASS, "ARP");
@@ -182,12 +247,27 @@ fn expired_entries_stop_matching_and_shorter_prefixes_still_apply() {
     f.add(ListKind::Block, "203.0.113.5", Some(Duration::from_secs(1)));
     f.add(ListKind::Block, "10.0.0.0/8", None);
     f.add(ListKind::Block, "10.1.0.0/16", Some(Duration::from_secs(1)));
-    expect(&f, &fr.tcp(ip("203.0.113.5"), ACK, 0), XDP_DROP, "before expiry");
+    expect(
+        &f,
+        &fr.tcp(ip("203.0.113.5"), ACK, 0),
+        XDP_DROP,
+        "before expiry",
+    );
     sleep(Duration::from_millis(1300));
     // No sweep has run: the program itself ignores expired entries...
-    expect(&f, &fr.tcp(ip("203.0.113.5"), ACK, 0), XDP_PASS, "after expiry, unswept");
+    expect(
+        &f,
+        &fr.tcp(ip("203.0.113.5"), ACK, 0),
+        XDP_PASS,
+        "after expiry, unswept",
+    );
     // ...and looks past an expired longest match to a live shorter prefix.
-    expect(&f, &fr.tcp(ip("10.1.2.3"), ACK, 0), XDP_DROP, "expired /16 inside live /8");
+    expect(
+        &f,
+        &fr.tcp(ip("10.1.2.3"), ACK, 0),
+        XDP_DROP,
+        "expired /16 inside live /8",
+    );
     assert_eq!(f.enforcer.sweep().unwrap(), 2);
     let left: Vec<String> = f
         .enforcer
@@ -206,10 +286,24 @@ fn dynamic_blocks_drop_until_removed() {
     }
     let mut f = fixture(no_limits());
     let fr = Frame::new();
-    f.add(ListKind::Dynamic, "192.0.2.44", Some(Duration::from_secs(60)));
+    f.add(
+        ListKind::Dynamic,
+        "192.0.2.44",
+        Some(Duration::from_secs(60)),
+    );
     f.add(ListKind::Dynamic, "2001:db8::44", None);
-    expect(&f, &fr.tcp(ip("192.0.2.44"), ACK, 0), XDP_DROP, "dynamic v4");
-    expect(&f, &fr.tcp(ip("2001:db8::44"), ACK, 0), XDP_DROP, "dynamic v6");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.44"), ACK, 0),
+        XDP_DROP,
+        "dynamic v4",
+    );
+    expect(
+        &f,
+        &fr.tcp(ip("2001:db8::44"), ACK, 0),
+        XDP_DROP,
+        "dynamic v6",
+    );
     expect(&f, &fr.tcp(ip("192.0.2.45"), ACK, 0), XDP_PASS, "other v4");
     assert!(
         f.enforcer
@@ -218,7 +312,12 @@ fn dynamic_blocks_drop_until_removed() {
         "dynamic entries are single addresses"
     );
     f.enforcer.remove(ListKind::Dynamic, "192.0.2.44").unwrap();
-    expect(&f, &fr.tcp(ip("192.0.2.44"), ACK, 0), XDP_PASS, "after removal");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.44"), ACK, 0),
+        XDP_PASS,
+        "after removal",
+    );
     assert_eq!(f.count(Reason::Dynamic), 2);
 }
 
@@ -239,17 +338,42 @@ fn new_connections_over_the_rate_limit_are_dropped() {
     }
     expect(&f, &syn, XDP_DROP, "4th SYN over the limit");
     // Established traffic (ACK) and other sources are not limited.
-    expect(&f, &fr.tcp(ip("192.0.2.50"), ACK, 0), XDP_PASS, "ACK from limited source");
-    expect(&f, &fr.tcp(ip("192.0.2.51"), SYN, 0), XDP_PASS, "SYN from another source");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.50"), ACK, 0),
+        XDP_PASS,
+        "ACK from limited source",
+    );
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.51"), SYN, 0),
+        XDP_PASS,
+        "SYN from another source",
+    );
     // SYN+ACK is not a new connection.
-    expect(&f, &fr.tcp(ip("192.0.2.50"), SYN | ACK, 0), XDP_PASS, "SYN+ACK");
+    expect(
+        &f,
+        &fr.tcp(ip("192.0.2.50"), SYN | ACK, 0),
+        XDP_PASS,
+        "SYN+ACK",
+    );
     // IPv6: per /64, and a SYN behind a destination-options header counts.
     let a: Ipv6Addr = "2001:db8:1:2::1".parse().unwrap();
     let b: Ipv6Addr = "2001:db8:1:2::2".parse().unwrap();
     for _ in 0..3 {
-        expect(&f, &fr.tcp6_with_dstopts(a, SYN), XDP_PASS, "v6 SYN within burst");
+        expect(
+            &f,
+            &fr.tcp6_with_dstopts(a, SYN),
+            XDP_PASS,
+            "v6 SYN within burst",
+        );
     }
-    expect(&f, &fr.tcp(IpAddr::V6(b), SYN, 0), XDP_DROP, "same /64, over the limit");
+    expect(
+        &f,
+        &fr.tcp(IpAddr::V6(b), SYN, 0),
+        XDP_DROP,
+        "same /64, over the limit",
+    );
     // After a second, one token is back.
     sleep(Duration::from_millis(1100));
     expect(&f, &syn, XDP_PASS, "a token refilled");
@@ -268,8 +392,18 @@ fn drops_are_sampled_into_the_ring_buffer() {
     });
     let mut ring = f.enforcer.plane_mut().take_events().expect("events ring");
     f.add(ListKind::Block, "192.0.2.60", None);
-    expect(&f, &Frame::new().tcp(ip("192.0.2.60"), ACK, 0), XDP_DROP, "blocked");
-    expect(&f, &Frame::new().tcp(ip("192.0.2.61"), ACK, 0), XDP_PASS, "passes, no event");
+    expect(
+        &f,
+        &Frame::new().tcp(ip("192.0.2.60"), ACK, 0),
+        XDP_DROP,
+        "blocked",
+    );
+    expect(
+        &f,
+        &Frame::new().tcp(ip("192.0.2.61"), ACK, 0),
+        XDP_PASS,
+        "passes, no event",
+    );
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
         assert!(item.len() >= std::mem::size_of::<DropEvent>());
@@ -281,7 +415,10 @@ fn drops_are_sampled_into_the_ring_buffer() {
     assert_eq!(&e.addr[..4], &[192, 0, 2, 60]);
     assert_eq!(e.family, ztag_common::FAMILY_V4);
     assert_eq!(e.reason, Reason::Blocklist as u32);
-    assert_ne!(e.reason_id, 0, "the entry's reason id travels with the event");
+    assert_ne!(
+        e.reason_id, 0,
+        "the entry's reason id travels with the event"
+    );
     assert!(e.time_ns > 0);
 }
 
@@ -297,7 +434,10 @@ fn the_tc_classifier_makes_the_same_decisions() {
     const TC_ACT_SHOT: u32 = 2;
     let tc = |frame: &[u8]| run(f.tc, frame, 1).expect("BPF_PROG_TEST_RUN (tc)").retval;
     assert_eq!(tc(&Frame::new().tcp(ip("192.0.2.9"), ACK, 0)), TC_ACT_SHOT);
-    assert_eq!(tc(&Frame::new().vlan(3).tcp(ip("192.0.2.9"), ACK, 0)), TC_ACT_SHOT);
+    assert_eq!(
+        tc(&Frame::new().vlan(3).tcp(ip("192.0.2.9"), ACK, 0)),
+        TC_ACT_SHOT
+    );
     assert_eq!(tc(&Frame::new().tcp(ip("192.0.2.1"), ACK, 0)), TC_ACT_OK);
     assert_eq!(tc(&Frame::new().tcp(ip("198.51.100.1"), ACK, 0)), TC_ACT_OK);
 }
@@ -319,8 +459,16 @@ fn bulk_import_is_all_or_nothing() {
         .to_string();
     assert!(err.contains("line 4") && err.contains("line 6"), "{err}");
     assert!(!err.contains("line 2"), "{err}");
-    assert!(f.enforcer.list(None).unwrap().is_empty(), "nothing imported");
-    expect(&f, &Frame::new().tcp(ip("192.0.2.1"), ACK, 0), XDP_PASS, "not imported");
+    assert!(
+        f.enforcer.list(None).unwrap().is_empty(),
+        "nothing imported"
+    );
+    expect(
+        &f,
+        &Frame::new().tcp(ip("192.0.2.1"), ACK, 0),
+        XDP_PASS,
+        "not imported",
+    );
     let n = f
         .enforcer
         .import(
@@ -330,8 +478,21 @@ fn bulk_import_is_all_or_nothing() {
         )
         .unwrap();
     assert_eq!(n, 2);
-    expect(&f, &Frame::new().tcp(ip("192.0.2.1"), ACK, 0), XDP_DROP, "imported v4");
-    expect(&f, &Frame::new().tcp(ip("2001:db8::5"), ACK, 0), XDP_DROP, "imported v6");
+    expect(
+        &f,
+        &Frame::new().tcp(ip("192.0.2.1"), ACK, 0),
+        XDP_DROP,
+        "imported v4",
+    );
+    expect(
+        &f,
+        &Frame::new().tcp(ip("2001:db8::5"), ACK, 0),
+        XDP_DROP,
+        "imported v6",
+    );
     let v6 = f.enforcer.list(Some(ListKind::Block)).unwrap();
-    assert!(v6.iter().any(|e| e.reason.as_deref() == Some("known bad range")));
+    assert!(
+        v6.iter()
+            .any(|e| e.reason.as_deref() == Some("known bad range"))
+    );
 }

@@ -33,7 +33,11 @@ fn blocked_times_out_allowed_is_served(mode: &str) {
         .filter(|r| r["interface"] == topo.srv_if.as_str() && r["reason"] == "blocklist")
         .map(|r| r["packets"].as_u64().unwrap())
         .sum();
-    assert!(dropped >= 1, "{mode}: no blocklist drops counted on {}: {stats}", topo.srv_if);
+    assert!(
+        dropped >= 1,
+        "{mode}: no blocklist drops counted on {}: {stats}",
+        topo.srv_if
+    );
     d.ok(&["block", "rm", &topo.addr(2)]);
     assert!(topo.served(2), "{mode}: served again after block rm");
 }
@@ -141,7 +145,10 @@ fn kill_9_keeps_sources_blocked_and_restart_keeps_every_entry() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!topo.served(2), "blocked source reached the server after kill -9");
+    assert!(
+        !topo.served(2),
+        "blocked source reached the server after kill -9"
+    );
     assert!(topo.served(3), "other source not served after kill -9");
     d.restart();
     assert!(
@@ -191,17 +198,38 @@ fn a_million_entries_load_and_still_drop_correctly() {
     let file = dir.0.join(format!("{}.txt", unique("million")));
     std::fs::write(&file, &text).unwrap();
     let t = Instant::now();
-    let out = d.ok(&["block", "import", file.to_str().unwrap(), "--reason", "bulk"]);
-    eprintln!("import of 1,000,000 entries: {:?} ({})", t.elapsed(), out.trim());
+    let out = d.ok(&[
+        "block",
+        "import",
+        file.to_str().unwrap(),
+        "--reason",
+        "bulk",
+    ]);
+    eprintln!(
+        "import of 1,000,000 entries: {:?} ({})",
+        t.elapsed(),
+        out.trim()
+    );
     assert!(out.contains("imported 1000000 entries"), "{out}");
-    assert!(!topo.served(2), "blocked source among 1M entries must be dropped");
-    assert!(topo.served(3), "unlisted source must be served with 1M entries loaded");
-    let metrics = topo.srv.exec(&["curl", "-s", "http://127.0.0.1:9477/metrics"]);
+    assert!(
+        !topo.served(2),
+        "blocked source among 1M entries must be dropped"
+    );
+    assert!(
+        topo.served(3),
+        "unlisted source must be served with 1M entries loaded"
+    );
+    let metrics = topo
+        .srv
+        .exec(&["curl", "-s", "http://127.0.0.1:9477/metrics"]);
     let m = String::from_utf8_lossy(&metrics.stdout);
     assert!(
         m.contains("ztag_blocklist_entries{kind=\"block\"} 1000000"),
         "metrics: {}",
-        m.lines().filter(|l| l.contains("entries")).collect::<Vec<_>>().join("\n")
+        m.lines()
+            .filter(|l| l.contains("entries"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -216,7 +244,9 @@ fn metrics_pass_promtool_and_count_drops() {
     let d = Daemon::start(&topo.srv, &topo.srv_if, "skb", &pins, &dir);
     d.ok(&["block", "add", &topo.addr(2)]);
     assert!(!topo.served(2));
-    let out = topo.srv.exec(&["curl", "-s", "http://127.0.0.1:9477/metrics"]);
+    let out = topo
+        .srv
+        .exec(&["curl", "-s", "http://127.0.0.1:9477/metrics"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let want = format!(
         "ztag_xdp_packets_total{{action=\"drop\",interface=\"{}\",reason=\"blocklist\"}}",
@@ -229,7 +259,10 @@ fn metrics_pass_promtool_and_count_drops() {
     let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 1, "{line}");
     assert!(text.contains("ztag_xdp_bytes_total{"), "{text}");
-    assert!(text.contains("ztag_blocklist_entries{kind=\"block\"} 1"), "{text}");
+    assert!(
+        text.contains("ztag_blocklist_entries{kind=\"block\"} 1"),
+        "{text}"
+    );
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -238,7 +271,12 @@ fn metrics_pass_promtool_and_count_drops() {
         .spawn()
         .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let res = child.wait_with_output().unwrap();
     assert!(
         res.status.success(),
@@ -248,7 +286,10 @@ fn metrics_pass_promtool_and_count_drops() {
     );
     // Events: every drop is sampled in this config.
     let ev = d.ok(&["events", "--json"]);
-    assert!(ev.contains(&topo.addr(2)), "no drop event for the blocked source: {ev}");
+    assert!(
+        ev.contains(&topo.addr(2)),
+        "no drop event for the blocked source: {ev}"
+    );
 }
 
 #[test]
@@ -265,7 +306,9 @@ fn cli_errors_are_clear() {
             .unwrap()
     };
     let err = |args: &[&str]| String::from_utf8_lossy(&run(args).stderr).into_owned();
-    assert!(err(&["block", "add", "10.0.0.300"]).contains("is not an IPv4/IPv6 address or CIDR prefix"));
+    assert!(
+        err(&["block", "add", "10.0.0.300"]).contains("is not an IPv4/IPv6 address or CIDR prefix")
+    );
     assert!(err(&["block", "add", "10.0.0.1/8"]).contains("did you mean 10.0.0.0/8"));
     assert!(err(&["block", "add", "::ffff:10.0.0.1"]).contains("write the IPv4 form 10.0.0.1/32"));
     assert!(err(&["block", "add", "10.0.0.1", "--ttl", "soon"]).contains("is not a duration"));
@@ -278,6 +321,9 @@ fn cli_errors_are_clear() {
     let bad = dir.0.join("bad.toml");
     std::fs::write(&bad, "[xdp]\nmode = \"fast\"\ninterfaces = []\n").unwrap();
     let e = err(&["check-config", "--config", bad.to_str().unwrap()]);
-    assert!(e.contains("xdp.mode") && e.contains("xdp.interfaces"), "{e}");
+    assert!(
+        e.contains("xdp.mode") && e.contains("xdp.interfaces"),
+        "{e}"
+    );
     assert!(run(&["check-config"]).status.success());
 }

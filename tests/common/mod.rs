@@ -71,7 +71,10 @@ pub struct PinDir(pub PathBuf);
 
 impl PinDir {
     pub fn new() -> Self {
-        PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", unique("ztag-test-"))))
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/{}",
+            unique("ztag-test-")
+        )))
     }
 }
 
@@ -147,7 +150,9 @@ impl Drop for NetNs {
                     let _ = Command::new("kill").args(["-9", pid]).status();
                 }
             });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -207,7 +212,13 @@ impl Topology {
         cli.exec(&["ip", "link", "set", &cli_if, "up"]);
         let child = Command::new("ip")
             .args([
-                "netns", "exec", &srv.name, "python3", "-m", "http.server", "--bind",
+                "netns",
+                "exec",
+                &srv.name,
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
             ])
             .arg(format!("198.18.{net}.1"))
             .arg("8080")
@@ -226,7 +237,10 @@ impl Topology {
         // Wait for the server to answer.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !t.served(2) {
-            assert!(Instant::now() < deadline, "test HTTP server did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "test HTTP server did not come up"
+            );
             sleep(Duration::from_millis(100));
         }
         t
@@ -245,7 +259,15 @@ impl Topology {
     /// Same, with a max time in seconds (curl syntax).
     pub fn served_within(&self, host: u8, secs: &str) -> bool {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.cli.name, "curl", "-s", "-o", "/dev/null"])
+            .args([
+                "netns",
+                "exec",
+                &self.cli.name,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+            ])
             .args(["-w", "%{http_code}", "--max-time", secs, "--interface"])
             .arg(self.addr(host))
             .arg(format!("http://{}:8080/", self.addr(1)))

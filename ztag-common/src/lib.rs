@@ -301,7 +301,7 @@ mod tests {
     fn counter_slots_stay_in_range_and_skip_slot_zero() {
         for i in [1u32, 2, 254, 255, 256, 1000, u32::MAX] {
             let s = counter_slot(i);
-            assert!(s >= 1 && s < COUNTER_SLOTS, "{i} -> {s}");
+            assert!((1..COUNTER_SLOTS).contains(&s), "{i} -> {s}");
         }
         assert_eq!(counter_slot(1), counter_slot(256), "255 apart collide");
     }
