@@ -247,6 +247,8 @@ fn expired_entries_stop_matching_and_shorter_prefixes_still_apply() {
     f.add(ListKind::Block, "203.0.113.5", Some(Duration::from_secs(1)));
     f.add(ListKind::Block, "10.0.0.0/8", None);
     f.add(ListKind::Block, "10.1.0.0/16", Some(Duration::from_secs(1)));
+    f.add(ListKind::Block, "10.9.9.9", Some(Duration::from_secs(1)));
+    f.add(ListKind::Block, "2001:db8::7", Some(Duration::from_secs(1)));
     expect(
         &f,
         &fr.tcp(ip("203.0.113.5"), ACK, 0),
@@ -268,7 +270,20 @@ fn expired_entries_stop_matching_and_shorter_prefixes_still_apply() {
         XDP_DROP,
         "expired /16 inside live /8",
     );
-    assert_eq!(f.enforcer.sweep().unwrap(), 2);
+    // An expired single address (host hash) falls through to the trie.
+    expect(
+        &f,
+        &fr.tcp(ip("10.9.9.9"), ACK, 0),
+        XDP_DROP,
+        "expired host in live /8",
+    );
+    expect(
+        &f,
+        &fr.tcp(ip("2001:db8::7"), ACK, 0),
+        XDP_PASS,
+        "expired v6 host",
+    );
+    assert_eq!(f.enforcer.sweep().unwrap(), 4);
     let left: Vec<String> = f
         .enforcer
         .list(Some(ListKind::Block))

@@ -20,6 +20,11 @@ pub mod map_names {
     pub const BLOCK_V4: &str = "BLOCK_V4";
     /// Static blocklist, IPv6 (LPM trie).
     pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// Static blocklist, single IPv4 addresses (/32): a hash lookup is far
+    /// cheaper than an LPM walk, and most blocklist entries are hosts.
+    pub const BLOCK_HOST_V4: &str = "BLOCK_HOST_V4";
+    /// Static blocklist, single IPv6 addresses (/128).
+    pub const BLOCK_HOST_V6: &str = "BLOCK_HOST_V6";
     /// Dynamic blocks from the risk engine, IPv4 (hash by address).
     pub const DYN_V4: &str = "DYN_V4";
     /// Dynamic blocks from the risk engine, IPv6 (hash by address).
@@ -38,11 +43,13 @@ pub mod map_names {
 }
 
 /// Every map the daemon pins, in a fixed order (used by `ztag detach`).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     map_names::ALLOW_V4,
     map_names::ALLOW_V6,
     map_names::BLOCK_V4,
     map_names::BLOCK_V6,
+    map_names::BLOCK_HOST_V4,
+    map_names::BLOCK_HOST_V6,
     map_names::DYN_V4,
     map_names::DYN_V6,
     map_names::RATE_V4,
@@ -173,7 +180,7 @@ pub struct IfCounters {
     pub by_reason: [Counter; REASON_COUNT],
 }
 
-/// Value of the static blocklist tries.
+/// Value of the static list tries and of the host blocklist hashes.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct BlockEntry {
@@ -215,10 +222,14 @@ pub mod config_flags {
     pub const HAS_ALLOW_V4: u32 = 1 << 0;
     /// The allowlist has IPv6 entries.
     pub const HAS_ALLOW_V6: u32 = 1 << 1;
-    /// The blocklist has IPv4 entries.
+    /// The blocklist has IPv4 prefixes (shorter than /32).
     pub const HAS_BLOCK_V4: u32 = 1 << 2;
-    /// The blocklist has IPv6 entries.
+    /// The blocklist has IPv6 prefixes (shorter than /128).
     pub const HAS_BLOCK_V6: u32 = 1 << 3;
+    /// The blocklist has single IPv4 addresses.
+    pub const HAS_BLOCK_HOST_V4: u32 = 1 << 6;
+    /// The blocklist has single IPv6 addresses.
+    pub const HAS_BLOCK_HOST_V6: u32 = 1 << 7;
     /// Dynamic blocks exist for IPv4.
     pub const HAS_DYN_V4: u32 = 1 << 4;
     /// Dynamic blocks exist for IPv6.

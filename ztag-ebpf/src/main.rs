@@ -2,7 +2,8 @@
 //! ingress classifier. It decides per packet from maps alone, in this order:
 //!
 //! 1. allowlist (LPM, v4/v6): always pass;
-//! 2. static blocklist (LPM, v4/v6, with expiry): drop;
+//! 2. static blocklist (single addresses in a hash, prefixes in an LPM trie,
+//!    v4/v6, with expiry): drop;
 //! 3. dynamic blocks from the risk engine (hash by address, with expiry): drop;
 //! 4. per-source token bucket on new TCP connections (SYN without ACK): drop
 //!    over the limit;
@@ -47,6 +48,12 @@ static ALLOW_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(LIST_MAX_ENTRIE
 static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(LIST_MAX_ENTRIES, 0);
 #[map(name = "BLOCK_V6")]
 static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(LIST_MAX_ENTRIES, 0);
+/// Single addresses of the static blocklist. BPF_F_NO_PREALLOC (flag 1): a
+/// million entries are not reserved up front.
+#[map(name = "BLOCK_HOST_V4")]
+static BLOCK_HOST_V4: HashMap<[u8; 4], BlockEntry> = HashMap::pinned(LIST_MAX_ENTRIES, 1);
+#[map(name = "BLOCK_HOST_V6")]
+static BLOCK_HOST_V6: HashMap<[u8; 16], BlockEntry> = HashMap::pinned(LIST_MAX_ENTRIES, 1);
 /// BPF_F_NO_PREALLOC: a million dynamic entries are not reserved up front.
 #[map(name = "DYN_V4")]
 static DYN_V4: HashMap<[u8; 4], DynEntry> = HashMap::pinned(DYN_MAX_ENTRIES, 1);
@@ -208,6 +215,23 @@ fn lpm_live<const N: usize>(
     None
 }
 
+/// A live exact-address entry of the host blocklist. An expired one does
+/// not match, and the LPM trie is consulted next.
+#[inline(always)]
+fn host_live<const N: usize>(
+    map: &HashMap<[u8; N], BlockEntry>,
+    addr: &[u8; N],
+    now: &mut Clock,
+) -> Option<u32> {
+    // SAFETY: as in dyn_live.
+    let e = unsafe { map.get(addr) }?;
+    if live(e.expires_ns, now) {
+        Some(e.reason_id)
+    } else {
+        None
+    }
+}
+
 #[inline(always)]
 fn dyn_live<const N: usize>(
     map: &HashMap<[u8; N], DynEntry>,
@@ -296,6 +320,13 @@ fn classify(data: usize, end: usize) -> Decision {
                 d.reason = Reason::Allowlist;
                 return d;
             }
+            if has(&cfg, cf::HAS_BLOCK_HOST_V4)
+                && let Some(id) = host_live(&BLOCK_HOST_V4, &a, &mut now)
+            {
+                d.reason = Reason::Blocklist;
+                d.reason_id = id;
+                return d;
+            }
             if has(&cfg, cf::HAS_BLOCK_V4)
                 && let Some(id) = lpm_live(&BLOCK_V4, a, &mut now)
             {
@@ -318,6 +349,13 @@ fn classify(data: usize, end: usize) -> Decision {
             let a = src.addr;
             if has(&cfg, cf::HAS_ALLOW_V6) && lpm_live(&ALLOW_V6, a, &mut now).is_some() {
                 d.reason = Reason::Allowlist;
+                return d;
+            }
+            if has(&cfg, cf::HAS_BLOCK_HOST_V6)
+                && let Some(id) = host_live(&BLOCK_HOST_V6, &a, &mut now)
+            {
+                d.reason = Reason::Blocklist;
+                d.reason_id = id;
                 return d;
             }
             if has(&cfg, cf::HAS_BLOCK_V6)

@@ -336,23 +336,30 @@ impl Writer {
         Ok(())
     }
 
-    /// Entries per list and family: (list, is IPv6, count).
-    pub fn family_counts(tx: &Transaction<'_>) -> Result<Vec<(ListKind, bool, u64)>, StateError> {
+    /// Entries per list, family and size: (list, is IPv6, is a single
+    /// address, count).
+    pub fn family_counts(
+        tx: &Transaction<'_>,
+    ) -> Result<Vec<(ListKind, bool, bool, u64)>, StateError> {
         let mut stmt = tx.prepare_cached(
-            "SELECT kind, instr(cidr, ':') > 0, COUNT(*) FROM entries GROUP BY 1, 2",
+            "SELECT kind, instr(cidr, ':') > 0,
+                    CASE WHEN instr(cidr, ':') > 0 THEN cidr LIKE '%/128' ELSE cidr LIKE '%/32' END,
+                    COUNT(*)
+               FROM entries GROUP BY 1, 2, 3",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, bool>(1)?,
-                r.get::<_, i64>(2)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (k, v6, n) = row?;
+            let (k, v6, host, n) = row?;
             if let Some(k) = ListKind::parse(&k) {
-                out.push((k, v6, n.max(0) as u64));
+                out.push((k, v6, host, n.max(0) as u64));
             }
         }
         Ok(out)

@@ -80,13 +80,17 @@ fn map_list(kind: ListKind) -> MapList {
     }
 }
 
-/// Per-list, per-family entry counts; drive the "map is non-empty" flags the
-/// program uses to skip lookups.
+/// Per-map entry counts (allow, block prefixes, dynamic, block hosts; per
+/// family); they drive the "map is non-empty" flags the program uses to skip
+/// lookups.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Counts {
-    v4: [u64; 3],
-    v6: [u64; 3],
+    v4: [u64; 4],
+    v6: [u64; 4],
 }
+
+/// Index of the host blocklist in [`Counts`].
+const HOST: usize = 3;
 
 /// Writes the program config when the flags (or settings) changed.
 fn push_config(plane: &mut Plane, counts: &Counts, base: &XdpConfig) -> Result<(), XdpError> {
@@ -100,6 +104,15 @@ fn push_config(plane: &mut Plane, counts: &Counts, base: &XdpConfig) -> Result<(
     Ok(())
 }
 
+/// The map an entry lives in: single blocked addresses go to the host hash.
+fn map_idx(k: ListKind, host: bool) -> usize {
+    if k == ListKind::Block && host {
+        HOST
+    } else {
+        kind_idx(k)
+    }
+}
+
 fn kind_idx(k: ListKind) -> usize {
     match k {
         ListKind::Allow => 0,
@@ -109,23 +122,25 @@ fn kind_idx(k: ListKind) -> usize {
 }
 
 impl Counts {
-    /// From (list, is_v6, count) rows.
-    fn from_rows(rows: &[(ListKind, bool, u64)]) -> Self {
+    /// From (list, is IPv6, is a single address, count) rows.
+    fn from_rows(rows: &[(ListKind, bool, bool, u64)]) -> Self {
         let mut c = Counts::default();
-        for &(k, v6, n) in rows {
+        for &(k, v6, host, n) in rows {
+            let i = map_idx(k, host);
             if v6 {
-                c.v6[kind_idx(k)] = n;
+                c.v6[i] += n;
             } else {
-                c.v4[kind_idx(k)] = n;
+                c.v4[i] += n;
             }
         }
         c
     }
 
     fn slot(&mut self, k: ListKind, net: &IpNet) -> &mut u64 {
+        let i = map_idx(k, super::is_host(net));
         match net {
-            IpNet::V4(_) => &mut self.v4[kind_idx(k)],
-            IpNet::V6(_) => &mut self.v6[kind_idx(k)],
+            IpNet::V4(_) => &mut self.v4[i],
+            IpNet::V6(_) => &mut self.v6[i],
         }
     }
 
@@ -138,6 +153,8 @@ impl Counts {
             (self.v6[1], cf::HAS_BLOCK_V6),
             (self.v4[2], cf::HAS_DYN_V4),
             (self.v6[2], cf::HAS_DYN_V6),
+            (self.v4[HOST], cf::HAS_BLOCK_HOST_V4),
+            (self.v6[HOST], cf::HAS_BLOCK_HOST_V6),
         ];
         for (n, bit) in bits {
             if n > 0 {
@@ -455,7 +472,11 @@ impl Enforcer {
     pub fn entry_counts(&self) -> [(ListKind, u64); 3] {
         ListKind::ALL.map(|k| {
             let i = kind_idx(k);
-            (k, self.counts.v4[i] + self.counts.v6[i])
+            let mut n = self.counts.v4[i] + self.counts.v6[i];
+            if k == ListKind::Block {
+                n += self.counts.v4[HOST] + self.counts.v6[HOST];
+            }
+            (k, n)
         })
     }
 
@@ -490,6 +511,13 @@ mod tests {
         *c.slot(ListKind::Block, &"10.0.0.0/8".parse().unwrap()) += 1;
         *c.slot(ListKind::Allow, &"2001:db8::/32".parse().unwrap()) += 1;
         assert_eq!(c.flags(), cf::HAS_BLOCK_V4 | cf::HAS_ALLOW_V6);
+        *c.slot(ListKind::Block, &"2001:db8::1/128".parse().unwrap()) += 1;
+        *c.slot(ListKind::Allow, &"192.0.2.1/32".parse().unwrap()) += 1;
+        assert_eq!(
+            c.flags(),
+            cf::HAS_BLOCK_V4 | cf::HAS_ALLOW_V6 | cf::HAS_BLOCK_HOST_V6 | cf::HAS_ALLOW_V4,
+            "hosts of the blocklist go to the host hash, of the allowlist to the trie"
+        );
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct Plane {
     allow_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
     block_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
     block_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
+    block_host_v4: HashMap<MapData, [u8; 4], BlockEntry>,
+    block_host_v6: HashMap<MapData, [u8; 16], BlockEntry>,
     dyn_v4: HashMap<MapData, [u8; 4], DynEntry>,
     dyn_v6: HashMap<MapData, [u8; 16], DynEntry>,
     config: Array<MapData, XdpConfig>,
@@ -276,6 +278,10 @@ impl Plane {
         let allow_v6 = LpmTrie::try_from(take(mn::ALLOW_V6)?).map_err(map_err(mn::ALLOW_V6))?;
         let block_v4 = LpmTrie::try_from(take(mn::BLOCK_V4)?).map_err(map_err(mn::BLOCK_V4))?;
         let block_v6 = LpmTrie::try_from(take(mn::BLOCK_V6)?).map_err(map_err(mn::BLOCK_V6))?;
+        let block_host_v4 =
+            HashMap::try_from(take(mn::BLOCK_HOST_V4)?).map_err(map_err(mn::BLOCK_HOST_V4))?;
+        let block_host_v6 =
+            HashMap::try_from(take(mn::BLOCK_HOST_V6)?).map_err(map_err(mn::BLOCK_HOST_V6))?;
         let dyn_v4 = HashMap::try_from(take(mn::DYN_V4)?).map_err(map_err(mn::DYN_V4))?;
         let dyn_v6 = HashMap::try_from(take(mn::DYN_V6)?).map_err(map_err(mn::DYN_V6))?;
         let config = Array::try_from(take(mn::CONFIG)?).map_err(map_err(mn::CONFIG))?;
@@ -289,6 +295,8 @@ impl Plane {
             allow_v6,
             block_v4,
             block_v6,
+            block_host_v4,
+            block_host_v6,
             dyn_v4,
             dyn_v6,
             config,
@@ -551,6 +559,14 @@ impl Plane {
                     .insert(&Key::new(l, k), value, 0)
                     .map_err(map_err(mn::ALLOW_V6))
             }
+            (MapList::Block, IpNet::V4(n)) if is_host(net) => self
+                .block_host_v4
+                .insert(n.addr().octets(), value, 0)
+                .map_err(map_err(mn::BLOCK_HOST_V4)),
+            (MapList::Block, IpNet::V6(n)) if is_host(net) => self
+                .block_host_v6
+                .insert(n.addr().octets(), value, 0)
+                .map_err(map_err(mn::BLOCK_HOST_V6)),
             (MapList::Block, IpNet::V4(n)) => {
                 let (l, k) = cidr::v4_key(n);
                 self.block_v4
@@ -596,6 +612,12 @@ impl Plane {
             (MapList::Allow, IpNet::V6(n)) => {
                 let (l, k) = cidr::v6_key(n);
                 self.allow_v6.remove(&Key::new(l, k))
+            }
+            (MapList::Block, IpNet::V4(n)) if is_host(net) => {
+                self.block_host_v4.remove(&n.addr().octets())
+            }
+            (MapList::Block, IpNet::V6(n)) if is_host(net) => {
+                self.block_host_v6.remove(&n.addr().octets())
             }
             (MapList::Block, IpNet::V4(n)) => {
                 let (l, k) = cidr::v4_key(n);
@@ -646,6 +668,16 @@ impl Plane {
                     let (len, data) = (k.prefix_len(), k.data());
                     if let Ok(n) = ipnet::Ipv6Net::new(data.into(), len as u8) {
                         out.push(IpNet::V6(n));
+                    }
+                }
+                if list == MapList::Block {
+                    for k in self.block_host_v4.keys() {
+                        let k = k.map_err(map_err(mn::BLOCK_HOST_V4))?;
+                        out.push(IpNet::V4(ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(k))));
+                    }
+                    for k in self.block_host_v6.keys() {
+                        let k = k.map_err(map_err(mn::BLOCK_HOST_V6))?;
+                        out.push(IpNet::V6(ipnet::Ipv6Net::from(std::net::Ipv6Addr::from(k))));
                     }
                 }
             }
@@ -706,6 +738,11 @@ impl Plane {
     }
 }
 
+/// A single address (/32, /128): kept in the host hash, not the LPM trie.
+pub fn is_host(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
 fn interface_exists(ifindex: u32) -> bool {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
@@ -716,6 +753,8 @@ fn map_name(list: MapList, net: &IpNet) -> &'static str {
     match (list, net) {
         (MapList::Allow, IpNet::V4(_)) => mn::ALLOW_V4,
         (MapList::Allow, IpNet::V6(_)) => mn::ALLOW_V6,
+        (MapList::Block, IpNet::V4(_)) if is_host(net) => mn::BLOCK_HOST_V4,
+        (MapList::Block, IpNet::V6(_)) if is_host(net) => mn::BLOCK_HOST_V6,
         (MapList::Block, IpNet::V4(_)) => mn::BLOCK_V4,
         (MapList::Block, IpNet::V6(_)) => mn::BLOCK_V6,
         (MapList::Dynamic, IpNet::V4(_)) => mn::DYN_V4,
