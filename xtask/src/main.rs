@@ -1,5 +1,6 @@
-//! Developer tasks for the ztag workspace: `cargo xtask <setup|test|run>`.
+//! Developer tasks for the ztag workspace: `cargo xtask <setup|test|run|bench>`.
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Task {
     Test(test::TestArgs),
     /// Setup, then run the gateway in release mode.
     Run(run::RunArgs),
+    /// Setup, then run a benchmark (`bench xdp [--quick]`; needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(args),
         Task::Run(args) => run::run(args),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,70 @@
+//! `cargo xtask bench xdp [--quick] [-- ARGS...]`: setup, then the XDP
+//! benchmark (`ztag-userspace/benches/xdp.rs`), which writes
+//! `target/bench/xdp-YYYYMMDD-HHMMSS.{md,json}` and prints the markdown.
+
+use std::ffi::OsString;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::{header, run_command, setup};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Subcommand)]
+enum Which {
+    /// Per-packet cost of the XDP program next to xdp-filter and a bare
+    /// XDP_DROP program, bulk blocklist import speed, and a trafgen flood
+    /// against nftables and iptables drops (needs root).
+    Xdp(XdpArgs),
+}
+
+#[derive(Args)]
+struct XdpArgs {
+    /// Fewer rounds and entries: done in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// More options for the benchmark binary, e.g. `-- --rounds 9 --no-flood`
+    /// (`-- --help` lists them).
+    #[arg(last = true)]
+    args: Vec<OsString>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.which {
+        Which::Xdp(xdp) => run_xdp(xdp),
+    }
+}
+
+fn run_xdp(args: XdpArgs) -> Result<()> {
+    // Fail before building anything when the benchmark could not run.
+    if !is_root() {
+        bail!(
+            "`cargo xtask bench xdp` must run as root (it loads BPF programs and creates \
+             network namespaces); e.g. `sudo -E env PATH=\"$PATH\" cargo xtask bench xdp`"
+        );
+    }
+    header("setup");
+    setup::run()?;
+
+    header("cargo bench -p ztag-userspace --bench xdp");
+    let mut bench = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "xdp", "--"]);
+    if args.quick {
+        bench.arg("--quick");
+    }
+    bench.args(&args.args);
+    run_command(&mut bench)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
