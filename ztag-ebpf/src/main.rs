@@ -78,6 +78,88 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// Refill time is capped so `elapsed * rate` cannot overflow (rate ≤ 1e6).
 const MAX_REFILL_NS: u64 = 1_000 * NS_PER_SEC;
 
+/// One address family's maps and "non-empty" flags; `R` is the rate-limit
+/// key length (IPv6 sources are limited per /64).
+struct Family<const N: usize, const R: usize> {
+    allow: &'static LpmTrie<[u8; N], BlockEntry>,
+    host: &'static HashMap<[u8; N], BlockEntry>,
+    block: &'static LpmTrie<[u8; N], BlockEntry>,
+    dynamic: &'static HashMap<[u8; N], DynEntry>,
+    rate: &'static LruHashMap<[u8; R], TokenBucket>,
+    has_allow: u32,
+    has_host: u32,
+    has_block: u32,
+    has_dyn: u32,
+}
+
+/// Built where it is used (not a static holding map pointers, which the
+/// loader could not relocate): after inlining, each field is a direct map
+/// reference.
+#[inline(always)]
+fn v4() -> Family<4, 4> {
+    Family {
+        allow: &ALLOW_V4,
+        host: &BLOCK_HOST_V4,
+        block: &BLOCK_V4,
+        dynamic: &DYN_V4,
+        rate: &RATE_V4,
+        has_allow: cf::HAS_ALLOW_V4,
+        has_host: cf::HAS_BLOCK_HOST_V4,
+        has_block: cf::HAS_BLOCK_V4,
+        has_dyn: cf::HAS_DYN_V4,
+    }
+}
+
+#[inline(always)]
+fn v6() -> Family<16, 8> {
+    Family {
+        allow: &ALLOW_V6,
+        host: &BLOCK_HOST_V6,
+        block: &BLOCK_V6,
+        dynamic: &DYN_V6,
+        rate: &RATE_V6,
+        has_allow: cf::HAS_ALLOW_V6,
+        has_host: cf::HAS_BLOCK_HOST_V6,
+        has_block: cf::HAS_BLOCK_V6,
+        has_dyn: cf::HAS_DYN_V6,
+    }
+}
+
+/// The decision order, written once for both families: allowlist, host
+/// blocklist, prefix blocklist, dynamic blocks, SYN rate limit, pass.
+#[inline(always)]
+fn decide<const N: usize, const R: usize>(
+    f: &Family<N, R>,
+    a: [u8; N],
+    rate_key: &[u8; R],
+    syn: bool,
+    cfg: &XdpConfig,
+    now: &mut Clock,
+) -> (Reason, u32) {
+    if has(cfg, f.has_allow) && lpm_live(f.allow, a, now).is_some() {
+        return (Reason::Allowlist, 0);
+    }
+    if has(cfg, f.has_host)
+        && let Some(id) = expiring_live(f.host, &a, now)
+    {
+        return (Reason::Blocklist, id);
+    }
+    if has(cfg, f.has_block)
+        && let Some(id) = lpm_live(f.block, a, now)
+    {
+        return (Reason::Blocklist, id);
+    }
+    if has(cfg, f.has_dyn)
+        && let Some(id) = expiring_live(f.dynamic, &a, now)
+    {
+        return (Reason::Dynamic, id);
+    }
+    if cfg.rate_per_sec != 0 && syn && !take_token(f.rate, rate_key, cfg, now.get()) {
+        return (Reason::RateLimit, 0);
+    }
+    (Reason::Default, 0)
+}
+
 /// The outcome of classifying one frame.
 struct Decision {
     reason: Reason,
@@ -215,34 +297,47 @@ fn lpm_live<const N: usize>(
     None
 }
 
-/// A live exact-address entry of the host blocklist. An expired one does
-/// not match, and the LPM trie is consulted next.
-#[inline(always)]
-fn host_live<const N: usize>(
-    map: &HashMap<[u8; N], BlockEntry>,
-    addr: &[u8; N],
-    now: &mut Clock,
-) -> Option<u32> {
-    // SAFETY: as in dyn_live.
-    let e = unsafe { map.get(addr) }?;
-    if live(e.expires_ns, now) {
-        Some(e.reason_id)
-    } else {
-        None
+/// Values with an expiry and a reason: host blocklist and dynamic entries.
+trait Expiring {
+    fn expires_ns(&self) -> u64;
+    fn reason_id(&self) -> u32;
+}
+
+impl Expiring for BlockEntry {
+    #[inline(always)]
+    fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+    #[inline(always)]
+    fn reason_id(&self) -> u32 {
+        self.reason_id
     }
 }
 
+impl Expiring for DynEntry {
+    #[inline(always)]
+    fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+    #[inline(always)]
+    fn reason_id(&self) -> u32 {
+        self.reason_id
+    }
+}
+
+/// A live exact-address entry (host blocklist, dynamic blocks). An expired
+/// host entry does not match, and the LPM trie is consulted next.
 #[inline(always)]
-fn dyn_live<const N: usize>(
-    map: &HashMap<[u8; N], DynEntry>,
+fn expiring_live<const N: usize, V: Expiring>(
+    map: &HashMap<[u8; N], V>,
     addr: &[u8; N],
     now: &mut Clock,
 ) -> Option<u32> {
-    // SAFETY: the value is copied out at once; a concurrent delete can at
-    // worst make us read a just-removed entry, which was valid a moment ago.
+    // SAFETY: the value is read at once; a concurrent delete can at worst
+    // make us read a just-removed entry, which was valid a moment ago.
     let e = unsafe { map.get(addr) }?;
-    if live(e.expires_ns, now) {
-        Some(e.reason_id)
+    if live(e.expires_ns(), now) {
+        Some(e.reason_id())
     } else {
         None
     }
@@ -308,77 +403,22 @@ fn classify(data: usize, end: usize) -> Decision {
     };
     let cfg = config();
     let mut now = Clock(0);
-    let mut d = Decision {
-        reason: Reason::Default,
-        reason_id: 0,
-        src: Some(src),
-    };
-    match src.family {
+    let (reason, reason_id) = match src.family {
         FAMILY_V4 => {
             let a = [src.addr[0], src.addr[1], src.addr[2], src.addr[3]];
-            if has(&cfg, cf::HAS_ALLOW_V4) && lpm_live(&ALLOW_V4, a, &mut now).is_some() {
-                d.reason = Reason::Allowlist;
-                return d;
-            }
-            if has(&cfg, cf::HAS_BLOCK_HOST_V4)
-                && let Some(id) = host_live(&BLOCK_HOST_V4, &a, &mut now)
-            {
-                d.reason = Reason::Blocklist;
-                d.reason_id = id;
-                return d;
-            }
-            if has(&cfg, cf::HAS_BLOCK_V4)
-                && let Some(id) = lpm_live(&BLOCK_V4, a, &mut now)
-            {
-                d.reason = Reason::Blocklist;
-                d.reason_id = id;
-                return d;
-            }
-            if has(&cfg, cf::HAS_DYN_V4)
-                && let Some(id) = dyn_live(&DYN_V4, &a, &mut now)
-            {
-                d.reason = Reason::Dynamic;
-                d.reason_id = id;
-                return d;
-            }
-            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V4, &a, &cfg, now.get()) {
-                d.reason = Reason::RateLimit;
-            }
+            decide(&v4(), a, &a, src.tcp_syn, &cfg, &mut now)
         }
         _ => {
             let a = src.addr;
-            if has(&cfg, cf::HAS_ALLOW_V6) && lpm_live(&ALLOW_V6, a, &mut now).is_some() {
-                d.reason = Reason::Allowlist;
-                return d;
-            }
-            if has(&cfg, cf::HAS_BLOCK_HOST_V6)
-                && let Some(id) = host_live(&BLOCK_HOST_V6, &a, &mut now)
-            {
-                d.reason = Reason::Blocklist;
-                d.reason_id = id;
-                return d;
-            }
-            if has(&cfg, cf::HAS_BLOCK_V6)
-                && let Some(id) = lpm_live(&BLOCK_V6, a, &mut now)
-            {
-                d.reason = Reason::Blocklist;
-                d.reason_id = id;
-                return d;
-            }
-            if has(&cfg, cf::HAS_DYN_V6)
-                && let Some(id) = dyn_live(&DYN_V6, &a, &mut now)
-            {
-                d.reason = Reason::Dynamic;
-                d.reason_id = id;
-                return d;
-            }
-            let k = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
-            if cfg.rate_per_sec != 0 && src.tcp_syn && !take_token(&RATE_V6, &k, &cfg, now.get()) {
-                d.reason = Reason::RateLimit;
-            }
+            let per64 = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+            decide(&v6(), a, &per64, src.tcp_syn, &cfg, &mut now)
         }
+    };
+    Decision {
+        reason,
+        reason_id,
+        src: Some(src),
     }
-    d
 }
 
 /// The one exit point: counts the packet, samples drop events, and says

@@ -169,13 +169,30 @@ impl StateDb {
     /// Every entry of a list (all lists when `kind` is `None`), including
     /// expired ones not yet swept.
     pub fn list(&self, kind: Option<ListKind>) -> Result<Vec<Entry>, StateError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.select(
+            "WHERE ?1 IS NULL OR e.kind = ?1 ORDER BY e.kind, e.cidr",
+            params![kind.map(ListKind::as_str)],
+        )
+    }
+
+    /// Entries whose expiry is at or before `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> Result<Vec<Entry>, StateError> {
+        self.select(
+            "WHERE e.expires_at_ms IS NOT NULL AND e.expires_at_ms <= ?1",
+            params![now_ms],
+        )
+    }
+
+    fn select(
+        &self,
+        filter: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Entry>, StateError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT e.kind, e.cidr, e.expires_at_ms, e.reason_id, r.text, e.created_at_ms
-               FROM entries e LEFT JOIN reasons r ON r.id = e.reason_id
-              WHERE ?1 IS NULL OR e.kind = ?1
-              ORDER BY e.kind, e.cidr",
-        )?;
-        let rows = stmt.query_map(params![kind.map(ListKind::as_str)], |r| {
+               FROM entries e LEFT JOIN reasons r ON r.id = e.reason_id {filter}"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -196,31 +213,6 @@ impl StateDb {
                 reason,
                 created_at_ms,
             )?);
-        }
-        Ok(out)
-    }
-
-    /// Entries whose expiry is at or before `now_ms`.
-    pub fn expired(&self, now_ms: i64) -> Result<Vec<Entry>, StateError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT e.kind, e.cidr, e.expires_at_ms, e.reason_id, r.text, e.created_at_ms
-               FROM entries e LEFT JOIN reasons r ON r.id = e.reason_id
-              WHERE e.expires_at_ms IS NOT NULL AND e.expires_at_ms <= ?1",
-        )?;
-        let rows = stmt.query_map(params![now_ms], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (k, cidr, e, id, reason, c) = row?;
-            out.push(to_entry(k, cidr, e, id, reason, c)?);
         }
         Ok(out)
     }
