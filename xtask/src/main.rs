@@ -1,6 +1,7 @@
-//! Developer tasks for the ztag workspace: `cargo xtask <setup|test|run|bench>`.
+//! Developer tasks for the ztag workspace: `cargo xtask <setup|test|run|bench|fuzz>`.
 
 mod bench;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,8 @@ enum Task {
     Run(run::RunArgs),
     /// Setup, then run a benchmark (`bench xdp [--quick]`; needs root).
     Bench(bench::BenchArgs),
+    /// Run a fuzz target of fuzz/ for a while (nightly, cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(args),
         Task::Run(args) => run::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
