@@ -327,3 +327,59 @@ fn cli_errors_are_clear() {
     );
     assert!(run(&["check-config"]).status.success());
 }
+
+#[test]
+fn sighup_applies_a_new_rate_limit_and_survives_a_bad_file() {
+    if !privileged("sighup_applies_a_new_rate_limit_and_survives_a_bad_file") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = TempDir::new();
+    let topo = Topology::new();
+    let d = Daemon::start(&topo.srv, &topo.srv_if, "skb", &pins, &dir);
+    let pid = d.proc.pid().expect("daemon pid").to_string();
+    let rate_drops = || -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--json"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["reason"] == "rate_limit")
+            .map(|r| r["packets"].as_u64().unwrap())
+            .sum()
+    };
+    for _ in 0..3 {
+        assert!(topo.served(2), "no limit yet");
+    }
+    assert_eq!(rate_drops(), 0);
+    // A file that does not validate changes nothing.
+    let good = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{good}\n[xdp.rate_limit]\nbogus = 1\n")).unwrap();
+    ztag_tests::sh(&["kill", "-HUP", &pid]);
+    sleep(Duration::from_millis(300));
+    assert!(
+        d.log_text().contains("configuration not reloaded"),
+        "{}",
+        d.log_text()
+    );
+    assert!(topo.served(2), "still serving after a bad reload");
+    // One new connection per second per source, burst 1.
+    std::fs::write(
+        &d.config,
+        format!("{good}\n[xdp.rate_limit]\nnew_connections_per_second = 1\nburst = 1\n"),
+    )
+    .unwrap();
+    ztag_tests::sh(&["kill", "-HUP", &pid]);
+    sleep(Duration::from_millis(300));
+    assert!(
+        d.log_text().contains("configuration reloaded"),
+        "{}",
+        d.log_text()
+    );
+    for _ in 0..3 {
+        topo.served_within(2, "0.5");
+    }
+    assert!(
+        rate_drops() >= 1,
+        "no SYN was rate limited after the reload"
+    );
+}

@@ -159,7 +159,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             if let Some(m) = args.mode {
                 config.xdp.mode = m;
             }
-            crate::daemon::run(config).await
+            // Overrides given on the command line stay in force on reload.
+            let reload = args.config.map(|path| crate::daemon::Reload {
+                path,
+                interfaces: config.xdp.interfaces.clone(),
+                mode: config.xdp.mode,
+            });
+            crate::daemon::run(config, reload).await
         }
         Command::CheckConfig { config } => {
             let c = load_config(config.as_deref())?;

@@ -28,8 +28,70 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<()> {
+/// Where SIGHUP re-reads the configuration from, and the command-line
+/// overrides that stay in force.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The config file.
+    pub path: std::path::PathBuf,
+    /// Interfaces in force (file or --interface).
+    pub interfaces: Vec<String>,
+    /// Mode in force (file or --mode).
+    pub mode: crate::config::AttachMode,
+}
+
+fn program_config(config: &Config) -> XdpConfig {
+    XdpConfig {
+        rate_per_sec: config.xdp.rate_per_sec,
+        rate_burst: config.xdp.rate_burst,
+        sample_one_in: config.xdp.events_sample_one_in,
+        flags: 0,
+    }
+}
+
+/// SIGHUP: re-reads the file and applies what can change live (the rate
+/// limit and event sampling); names every other changed setting, which
+/// needs a restart. A file that no longer validates changes nothing.
+fn reload(shared: &Shared, running: &Config, r: &Reload) -> Result<Config> {
+    let mut new = Config::load(&r.path)?;
+    new.xdp.interfaces = r.interfaces.clone();
+    new.xdp.mode = r.mode;
+    let mut restart = Vec::new();
+    if new.xdp.pin_dir != running.xdp.pin_dir {
+        restart.push("xdp.pin_dir");
+    }
+    if new.xdp.sweep_interval != running.xdp.sweep_interval {
+        restart.push("xdp.sweep_interval");
+    }
+    if new.state.dir != running.state.dir {
+        restart.push("state.dir");
+    }
+    if new.admin.socket != running.admin.socket {
+        restart.push("admin.socket");
+    }
+    if new.metrics.listen != running.metrics.listen {
+        restart.push("metrics.listen");
+    }
+    shared
+        .enforcer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_program_config(program_config(&new))?;
+    if !restart.is_empty() {
+        warn!(settings = ?restart, "SIGHUP: these changes take effect at the next restart");
+    }
+    info!(
+        rate_per_sec = new.xdp.rate_per_sec,
+        burst = new.xdp.rate_burst,
+        events_sample_one_in = new.xdp.events_sample_one_in,
+        "SIGHUP: configuration reloaded"
+    );
+    Ok(new)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads `reload.path`.
+pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
+    let mut config = config;
     if !is_root() {
         bail!(
             "ztag run must run as root: it loads eBPF programs, pins them under {} and binds {}",
@@ -40,12 +102,7 @@ pub async fn run(config: Config) -> Result<()> {
     let db = StateDb::open(&config.state.dir)
         .with_context(|| format!("opening the state DB in {}", config.state.dir.display()))?;
     let plane = Plane::load(&config.xdp.pin_dir).context("loading the XDP/TC program")?;
-    let base = XdpConfig {
-        rate_per_sec: config.xdp.rate_per_sec,
-        rate_burst: config.xdp.rate_burst,
-        sample_one_in: config.xdp.events_sample_one_in,
-        flags: 0,
-    };
+    let base = program_config(&config);
     let mut enforcer = Enforcer::new(db, plane, base);
     let restored = enforcer
         .reconcile()
@@ -138,9 +195,13 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                warn!("SIGHUP: configuration reload is not supported by this version; restart the daemon to apply changes (enforcement continues meanwhile)");
-            }
+            _ = hup.recv() => match &reload_from {
+                None => warn!("SIGHUP: running on the embedded configuration, nothing to reload (start with --config FILE)"),
+                Some(r) => match reload(&shared, &config, r) {
+                    Ok(new) => config = new,
+                    Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
+                },
+            },
         }
     }
     let _ = std::fs::remove_file(&config.admin.socket);

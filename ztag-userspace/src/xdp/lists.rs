@@ -230,6 +230,13 @@ impl Enforcer {
         }
     }
 
+    /// Replaces the rate limit and sampling settings (SIGHUP reload).
+    pub fn set_program_config(&mut self, base: XdpConfig) -> Result<(), ListError> {
+        self.base = XdpConfig { flags: 0, ..base };
+        push_config(&mut self.plane, &self.counts, &self.base)?;
+        Ok(())
+    }
+
     /// The plane, for attaching and counters.
     pub fn plane(&self) -> &Plane {
         &self.plane
