@@ -18,8 +18,9 @@ pub struct BenchArgs {
 #[derive(Subcommand)]
 enum Which {
     /// Per-packet cost of the XDP program next to xdp-filter and a bare
-    /// XDP_DROP program, bulk blocklist import speed, and a trafgen flood
-    /// against nftables and iptables drops (needs root).
+    /// XDP_DROP program, bulk blocklist import speed, a trafgen flood and a
+    /// flood of live XDP frames against nftables and iptables drops (needs
+    /// root). Extra args after `--` go to the first benchmark.
     Xdp(XdpArgs),
 }
 
@@ -57,7 +58,16 @@ fn run_xdp(args: XdpArgs) -> Result<()> {
         bench.arg("--quick");
     }
     bench.args(&args.args);
-    run_command(&mut bench)
+    run_command(&mut bench)?;
+
+    // The flood of live XDP frames (xdp_frames, no skb: the native path a
+    // NIC driver gives) against nftables and iptables.
+    header("cargo bench -p ztag-userspace --bench xdp_live");
+    let mut live = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "xdp_live", "--"]);
+    if args.quick {
+        live.arg("--quick");
+    }
+    run_command(&mut live)
 }
 
 fn is_root() -> bool {

@@ -26,7 +26,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns},
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_redirect},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -234,6 +234,22 @@ pub fn ztag_tc(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn ztag_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
+}
+
+/// Benchmark traffic source: redirects every frame to the interface in
+/// BENCH_TX[0]. Run with BPF_PROG_TEST_RUN in live-frames mode, it sends
+/// xdp_frames into a veth at memory speed (what xdp-trafgen does), so the
+/// receiving side's XDP sees frames without an skb. Never attached.
+#[map(name = "BENCH_TX")]
+static BENCH_TX: Array<u32> = Array::with_max_entries(1, 0);
+
+#[xdp]
+pub fn ztag_bench_tx(_ctx: XdpContext) -> u32 {
+    match BENCH_TX.get(0) {
+        // SAFETY: helper with plain integer arguments.
+        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        _ => xdp_action::XDP_ABORTED,
+    }
 }
 
 #[inline(always)]

@@ -42,6 +42,8 @@ pub const XDP_PROGRAM: &str = "ztag_xdp";
 pub const TC_PROGRAM: &str = "ztag_tc";
 /// The benchmark floor (drops everything).
 pub const FLOOR_PROGRAM: &str = "ztag_floor";
+/// The benchmark traffic source (redirects to the ifindex in BENCH_TX).
+pub const BENCH_TX_PROGRAM: &str = "ztag_bench_tx";
 
 /// bpffs magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -259,7 +261,7 @@ impl Plane {
                 None
             }
         };
-        for name in [XDP_PROGRAM, FLOOR_PROGRAM] {
+        for name in [XDP_PROGRAM, FLOOR_PROGRAM, BENCH_TX_PROGRAM] {
             let p: &mut Xdp = program(&mut ebpf, name)?;
             p.load().map_err(|source| XdpError::Program {
                 program: static_name(name),
@@ -731,6 +733,17 @@ impl Plane {
         m
     }
 
+    /// Points the benchmark traffic source at an interface (by index in the
+    /// caller's network namespace).
+    pub fn set_bench_tx(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut("BENCH_TX")
+            .ok_or(XdpError::MissingMap("BENCH_TX"))?;
+        let mut a: Array<&mut MapData, u32> = Array::try_from(map).map_err(map_err("BENCH_TX"))?;
+        a.set(0, ifindex, 0).map_err(map_err("BENCH_TX"))
+    }
+
     /// The raw fd of a loaded program (for BPF_PROG_TEST_RUN).
     pub fn program_fd(&self, name: &str) -> Option<i32> {
         let p = self.ebpf.program(name)?;
@@ -766,6 +779,7 @@ fn static_name(name: &str) -> &'static str {
     match name {
         XDP_PROGRAM => XDP_PROGRAM,
         TC_PROGRAM => TC_PROGRAM,
+        BENCH_TX_PROGRAM => BENCH_TX_PROGRAM,
         _ => FLOOR_PROGRAM,
     }
 }
