@@ -65,23 +65,28 @@ pub fn run(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
         repeat,
         ..Default::default()
     };
-    // SAFETY: attr is a valid bpf_attr prefix of the size passed; the data
-    // pointers are valid for the sizes given.
+    test_run(&mut attr)?;
+    Ok(RunResult {
+        retval: attr.retval,
+        ns_per_run: attr.duration,
+    })
+}
+
+fn test_run(attr: &mut TestAttr) -> io::Result<()> {
+    // SAFETY: attr is a valid bpf_attr prefix of the size passed, and the
+    // caller's data pointers are valid for the sizes it gives.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
+            attr as *mut TestAttr,
             std::mem::size_of::<TestAttr>() as u32,
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(RunResult {
-        retval: attr.retval,
-        ns_per_run: attr.duration,
-    })
+    Ok(())
 }
 
 /// BPF_F_TEST_XDP_LIVE_FRAMES.
@@ -101,19 +106,7 @@ pub fn run_live(prog_fd: RawFd, frame: &[u8], repeat: u32, batch: u32) -> io::Re
         batch_size: batch,
         ..Default::default()
     };
-    // SAFETY: as in `run`; no output buffers in live mode.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    test_run(&mut attr)
 }
 
 /// Opens a loaded program by its id (as listed by `bpftool prog` or
