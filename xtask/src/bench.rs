@@ -62,6 +62,16 @@ fn run_xdp(args: XdpArgs) -> Result<()> {
 
     // The flood of live XDP frames (xdp_frames, no skb: the native path a
     // NIC driver gives) against nftables and iptables.
+    // The flood runs the real daemon.
+    header("cargo build --release -p ztag-userspace --bin ztag");
+    run_command(&mut crate::cargo([
+        "build",
+        "--release",
+        "-p",
+        "ztag-userspace",
+        "--bin",
+        "ztag",
+    ]))?;
     header("cargo bench -p ztag-userspace --bench xdp_live");
     let mut live = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "xdp_live", "--"]);
     if args.quick {

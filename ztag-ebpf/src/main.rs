@@ -75,6 +75,8 @@ static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 /// gives up (the sweeper removes expired entries within a second anyway).
 const MAX_EXPIRED_HOPS: u32 = 8;
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// bpf_ringbuf_output flag: do not wake the consumer.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 /// Refill time is capped so `elapsed * rate` cannot overflow (rate ≤ 1e6).
 const MAX_REFILL_NS: u64 = 1_000 * NS_PER_SEC;
 
@@ -488,7 +490,9 @@ fn sample_event(d: &Decision, ifindex: u32) {
         family,
         _pad: [0; 3],
     };
-    let _ = EVENTS.output::<DropEvent>(&ev, 0);
+    // BPF_RB_NO_WAKEUP: the daemon polls the ring on a timer. A wakeup per
+    // event would cost the dropping CPU an irq_work each time, in a flood.
+    let _ = EVENTS.output::<DropEvent>(&ev, BPF_RB_NO_WAKEUP);
 }
 
 #[cfg(not(test))]
