@@ -167,14 +167,18 @@ struct Decision {
     reason: Reason,
     reason_id: u32,
     src: Option<Source>,
+    /// From the config already read for this packet: sampling needs no
+    /// second lookup.
+    sample_one_in: u32,
 }
 
 impl Decision {
-    const fn new(reason: Reason) -> Self {
+    const fn new(reason: Reason, sample_one_in: u32) -> Self {
         Decision {
             reason,
             reason_id: 0,
             src: None,
+            sample_one_in,
         }
     }
 }
@@ -416,8 +420,10 @@ fn take_token<const N: usize>(
 fn classify(data: usize, end: usize) -> Decision {
     let src = match parse_source(data, end) {
         Ok(Some(s)) => s,
-        Ok(None) => return Decision::new(Reason::NonIp),
-        Err(()) => return Decision::new(Reason::Malformed),
+        // Passes: never sampled, so no config read.
+        Ok(None) => return Decision::new(Reason::NonIp, 0),
+        // A drop, sampled like the others (rare: the config read is fine).
+        Err(()) => return Decision::new(Reason::Malformed, config().sample_one_in),
     };
     let cfg = config();
     let mut now = Clock(0);
@@ -436,6 +442,7 @@ fn classify(data: usize, end: usize) -> Decision {
         reason,
         reason_id,
         src: Some(src),
+        sample_one_in: cfg.sample_one_in,
     }
 }
 
@@ -466,10 +473,7 @@ fn finish(d: &Decision, ifindex: u32, bytes: u64) -> bool {
 
 #[inline(always)]
 fn sample_event(d: &Decision, ifindex: u32) {
-    let every = match CONFIG.get(0) {
-        Some(c) => c.sample_one_in,
-        None => 0,
-    };
+    let every = d.sample_one_in;
     if every == 0 {
         return;
     }
