@@ -225,7 +225,14 @@ fn arm(env: &Env, d: Dropper) -> Result<Option<Daemon<'_>>> {
     let rx = &env.rx_ns;
     let nsenter = format!("nsenter --net=/run/netns/{rx}");
     match d {
-        Dropper::Ztag => return Ok(Some(Daemon::start(env)?)),
+        // GRO on for ztag as for nftables/iptables: the same veth setup for
+        // every dropper that lets the allowed client through.
+        Dropper::Ztag => {
+            sh(&format!(
+                "ip netns exec {rx} ethtool -K zb0 gro on >/dev/null"
+            ))?;
+            return Ok(Some(Daemon::start(env)?));
+        }
         // nsenter, not `ip -n`: the latter remounts /sys and hides the pins.
         Dropper::Floor => sh(&format!(
             "{nsenter} ip link set dev zb0 xdpdrv pinned {}",
@@ -249,7 +256,9 @@ fn disarm(env: &Env, d: Dropper) -> Result<()> {
     let rx = &env.rx_ns;
     match d {
         // The daemon detaches when its guard drops.
-        Dropper::Ztag => String::new(),
+        Dropper::Ztag => sh(&format!(
+            "ip netns exec {rx} ethtool -K zb0 gro off >/dev/null"
+        ))?,
         Dropper::Floor => sh(&format!("ip -n {rx} link set dev zb0 xdpdrv off"))?,
         Dropper::Nft => sh(&format!(
             "ip netns exec {rx} nft delete table netdev ztagbench; ip netns exec {rx} ethtool -K zb0 gro off >/dev/null"
@@ -589,7 +598,7 @@ fn real_main() -> Result<()> {
         "# ztag flood benchmark (live XDP frames), {stamp} UTC\n\n\
          {frames} frames per run from one blocked source, {rounds} round(s), droppers interleaved. \
          Frames: BPF_PROG_TEST_RUN live-frames redirect into a veth (xdp_frames, no skb; \
-         nftables/iptables get an skb built by the veth with GRO on). \
+         nftables/iptables get an skb built by the veth; GRO on for every dropper but the floor). \
          ztag is the real daemon (`ztag run`, native XDP, `ztag block add`, events 1 in 64 read by the daemon). \
          softirq: /proc/stat softirq time of all CPUs during the run ÷ frames (tick-sampled); \
          wall: the sender's time ÷ frames (it includes the receiver's work, which runs on the same CPU). \
