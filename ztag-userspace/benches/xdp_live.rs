@@ -383,10 +383,28 @@ fn flood(env: &Env, tx_fd: i32, frame: &[u8], frames: u32, port: Option<u16>) ->
     let ns = env.tx_ns.clone();
     let frame = frame.to_vec();
     let s0 = softirq_ticks()?;
+    // With a probe, the flood is paced to the same offered rate for every
+    // dropper: an unpaced sender goes as fast as the receiver lets it, so a
+    // cheaper dropper would face a heavier flood.
+    let paced = port.is_some();
     let sender = std::thread::spawn(move || -> Result<Duration> {
         enter(&ns)?;
         let t = Instant::now();
-        run_live(tx_fd, &frame, frames, 64).context("BPF_PROG_TEST_RUN (live frames)")?;
+        if paced {
+            let chunk = PROBE_PPS / 100;
+            let mut sent = 0u32;
+            while sent < frames {
+                let n = chunk.min(frames - sent);
+                run_live(tx_fd, &frame, n, 64).context("BPF_PROG_TEST_RUN (live frames)")?;
+                sent += n;
+                let due = Duration::from_secs_f64(f64::from(sent) / f64::from(PROBE_PPS));
+                if let Some(wait) = due.checked_sub(t.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        } else {
+            run_live(tx_fd, &frame, frames, 64).context("BPF_PROG_TEST_RUN (live frames)")?;
+        }
         Ok(t.elapsed())
     });
     let latency = port.map(|p| probe(env, p, PROBES, Duration::from_millis(50)));
@@ -409,6 +427,10 @@ fn flood(env: &Env, tx_fd: i32, frame: &[u8], frames: u32, port: Option<u16>) ->
 
 /// Requests an allowed client makes during each flood (and at baseline).
 const PROBES: usize = 200;
+/// Offered rate of the flood the client probes under (frames/s), for
+/// PROBE_SECS: within what every dropper here can take.
+const PROBE_PPS: u32 = 500_000;
+const PROBE_SECS: u32 = 2;
 
 fn pct(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
@@ -559,7 +581,7 @@ fn real_main() -> Result<()> {
             let probed = if d == Dropper::Floor {
                 Ok(Vec::new())
             } else {
-                flood(&env, tx_fd, &frame, frames, Some(port)).map(|x| x.latency_us)
+                flood(&env, tx_fd, &frame, PROBE_PPS * PROBE_SECS, Some(port)).map(|x| x.latency_us)
             };
             drop(daemon);
             disarm(&env, d)?;
@@ -605,7 +627,7 @@ fn real_main() -> Result<()> {
          softirq is per frame the dropper itself counted (ztag: its stats; floor: the veth's xdp_drops; \
          nftables/iptables: their rule counters); frames the veth's ring overflowed never reached a dropper. \
          Allowed client: {PROBES} sequential TCP connect + 1-byte request/answer from 198.18.7.3 per run, \
-         during the flood, against an idle baseline (p50 {b50:.0} µs, p99 {b99:.0} µs).\n\n\
+         during a second flood paced to {PROBE_PPS} frames/s for every dropper, against an idle baseline (p50 {b50:.0} µs, p99 {b99:.0} µs).\n\n\
          | dropper | softirq ns per dropped frame (median) | × ztag | sender wall ns/frame (median) | × ztag | dropped/sent | client p50 µs (× idle) | client p99 µs (× idle) |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
