@@ -22,6 +22,13 @@
 //!   filter program itself otherwise);
 //! * floor: ztag's `ztag_floor`, which returns `XDP_DROP` at once.
 //!
+//! The flood part (trafgen over a veth between two namespaces; see
+//! `bench_flood`) runs ztag as the real daemon (`target/release/ztag run`,
+//! built when missing or older than the sources) and reports, besides the
+//! softirq cost per dropped packet, the daemon's own CPU during each flood
+//! and an allowed client's TCP latency, idle and under a paced flood, for
+//! ztag, nftables and iptables.
+//!
 //! Reports go to `target/bench/xdp-YYYYMMDD-HHMMSS.{md,json}` (UTC); the
 //! markdown is printed as well. Every namespace, veth and pin this creates
 //! carries the process id and is removed on exit, on error and on Ctrl-C.
@@ -29,13 +36,17 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::Write as _,
-    net::{IpAddr, Ipv4Addr},
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -70,6 +81,8 @@ struct Opts {
     flood: bool,
     flood_packets: u64,
     flood_rounds: usize,
+    probes: usize,
+    probe_pps: u64,
 }
 
 const USAGE: &str = "\
@@ -81,7 +94,10 @@ usage: xdp [--quick] [--rounds N] [--repeat N] [--sizes N,N,...] [--out DIR]
   --out DIR   report directory; default <workspace>/target/bench
   --no-flood  skip the trafgen flood (ztag XDP vs nftables vs iptables)
   --flood-packets N  frames per flood run; default 3000000 (quick: 300000)
-  --flood-rounds N   flood runs per dropper; default 3 (quick: 1)";
+  --flood-rounds N   flood runs per dropper; default 3 (quick: 1)
+  --probes N         allowed-client requests per latency sample; default 200
+  --probe-pps N      frames/s of the paced flood the client is probed under;
+                     default 200000";
 
 fn parse_opts() -> Result<Opts> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -101,6 +117,8 @@ fn parse_opts() -> Result<Opts> {
         flood: true,
         flood_packets: if quick { 300_000 } else { 3_000_000 },
         flood_rounds: if quick { 1 } else { 3 },
+        probes: 200,
+        probe_pps: 200_000,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -127,6 +145,13 @@ fn parse_opts() -> Result<Opts> {
             "--flood-rounds" => {
                 o.flood_rounds = value("--flood-rounds")?.parse().context("--flood-rounds")?
             }
+            "--probes" => o.probes = value("--probes")?.parse().context("--probes")?,
+            "--probe-pps" => {
+                o.probe_pps = value("--probe-pps")?
+                    .replace('_', "")
+                    .parse()
+                    .context("--probe-pps")?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -135,8 +160,14 @@ fn parse_opts() -> Result<Opts> {
         }
     }
     ensure!(
-        o.rounds > 0 && o.repeat > 0 && o.flood_packets > 0 && o.flood_rounds > 0,
-        "--rounds, --repeat, --flood-packets and --flood-rounds must be positive"
+        o.rounds > 0
+            && o.repeat > 0
+            && o.flood_packets > 0
+            && o.flood_rounds > 0
+            && o.probes > 0
+            && o.probe_pps > 0,
+        "--rounds, --repeat, --flood-packets, --flood-rounds, --probes and --probe-pps must be \
+         positive"
     );
     ensure!(
         o.sizes.iter().all(|&n| (1..=2_000_000).contains(&n)),
@@ -145,11 +176,14 @@ fn parse_opts() -> Result<Opts> {
     Ok(o)
 }
 
-fn default_out_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("bench")
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn default_out_dir() -> PathBuf {
+    target_dir().join("bench")
 }
 
 // ------------------------------------------------------- signals, cleanup
@@ -630,6 +664,20 @@ fn bench_size(o: &Opts, index: usize, n: usize) -> Result<SizeResult> {
 /// The flooding source (blocked by every dropper) and the receiver.
 const FLOOD_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const FLOOD_DST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The allowed client's source address (sending namespace; no dropper
+/// blocks it).
+const CLIENT_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// The ztag daemon turns one drop in this many into an event it reads.
+const DAEMON_SAMPLE_ONE_IN: u32 = 64;
+/// The client's connect and answer timeouts (one SYN retransmit fits).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A latency sample stops after this long, whatever it has done by then.
+const PROBE_BUDGET: Duration = Duration::from_secs(30);
+/// The paced flood runs this long before the client starts.
+const PROBE_LEAD: Duration = Duration::from_millis(300);
+/// The client's pause between requests (idle as under the flood), so that
+/// its requests span about a second of the flood.
+const PROBE_GAP: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dropper {
@@ -702,11 +750,30 @@ fn flood_net() -> Result<FloodNet> {
     )?;
     let src = format!("{FLOOD_SRC}/24");
     let dst = format!("{FLOOD_DST}/24");
+    let client = format!("{CLIENT_SRC}/24");
     run("ip", &["-n", t, "addr", "add", &src, "dev", &tx_if])?;
+    run("ip", &["-n", t, "addr", "add", &client, "dev", &tx_if])?;
     run("ip", &["-n", r, "addr", "add", &dst, "dev", &rx_if])?;
     run("ip", &["-n", t, "link", "set", &tx_if, "up"])?;
     run("ip", &["-n", r, "link", "set", &rx_if, "up"])?;
     run("ip", &["-n", r, "link", "set", "lo", "up"])?;
+    // The allowed client's connections leave from CLIENT_SRC (trafgen writes
+    // whole frames and takes no route); `probe` checks it.
+    let client_ip = CLIENT_SRC.to_string();
+    run(
+        "ip",
+        &[
+            "-n",
+            t,
+            "route",
+            "replace",
+            "198.18.0.0/24",
+            "dev",
+            &tx_if,
+            "src",
+            &client_ip,
+        ],
+    )?;
     Ok(FloodNet {
         tx_mac: mac_of(t, &tx_if)?,
         rx_mac: mac_of(r, &rx_if)?,
@@ -720,15 +787,9 @@ fn flood_net() -> Result<FloodNet> {
 /// Runs `f` on a thread that has entered the network namespace `ns` (the
 /// rest of the process stays where it is).
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let file = fs::File::open(format!("/run/netns/{ns}"))
-        .with_context(|| format!("opening /run/netns/{ns}"))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: a valid network-namespace fd; setns only moves this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("entering network namespace {ns}"));
-            }
+            enter_netns(ns)?;
             f()
         })
         .join()
@@ -736,9 +797,318 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T
     })
 }
 
+/// The ztag daemon, `<target>/release/ztag`, built first (`cargo build
+/// --release -p ztag-userspace --bin ztag`) when missing or older than the
+/// sources.
+fn ztag_daemon_bin() -> Result<PathBuf> {
+    let bin = target_dir().join("release/ztag");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let sources = ["ztag-userspace/src", "ztag-ebpf/src", "ztag-common/src"]
+        .iter()
+        .filter_map(|d| newest_mtime(&root.join(d)))
+        .max();
+    let stale = match (built, sources) {
+        (None, _) => Some("missing"),
+        (Some(b), Some(s)) if b < s => Some("older than the sources"),
+        _ => None,
+    };
+    if let Some(why) = stale {
+        eprintln!(
+            "[flood] {} is {why}: cargo build --release -p ztag-userspace --bin ztag",
+            bin.display()
+        );
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "ztag-userspace",
+                "--bin",
+                "ztag",
+            ])
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .status()
+            .context("starting cargo")?;
+        ensure!(
+            status.success(),
+            "building the ztag daemon failed ({status})"
+        );
+    }
+    ensure!(bin.exists(), "{} is missing", bin.display());
+    Ok(fs::canonicalize(&bin).unwrap_or(bin))
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        let t = if m.is_dir() {
+            newest_mtime(&e.path())
+        } else {
+            m.modified().ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// CPU time of the daemon process (all its threads).
+#[derive(Clone, Copy)]
+struct DaemonCpu {
+    /// utime + stime from /proc/PID/stat, in clock ticks.
+    ticks: u64,
+    /// The sum of the threads' on-CPU time from /proc/PID/task/*/schedstat
+    /// (ns; `None`: no schedstat in this kernel).
+    sched_ns: Option<u64>,
+}
+
+impl DaemonCpu {
+    fn since(self, before: DaemonCpu) -> DaemonCpu {
+        DaemonCpu {
+            ticks: self.ticks.saturating_sub(before.ticks),
+            sched_ns: self
+                .sched_ns
+                .zip(before.sched_ns)
+                .map(|(a, b)| a.saturating_sub(b)),
+        }
+    }
+
+    fn ms(self) -> f64 {
+        self.ticks as f64 * 1e3 / clock_ticks_per_sec()
+    }
+
+    fn sched_ms(self) -> Option<f64> {
+        self.sched_ns.map(|ns| ns as f64 / 1e6)
+    }
+
+    fn json(self, secs: f64) -> Value {
+        json!({
+            "ticks": self.ticks,
+            "ms": round3(self.ms()),
+            "percent_of_one_core": round3(pct_of_core(self.ms(), secs)),
+            "schedstat_ms": self.sched_ms().map(round3),
+            "schedstat_percent_of_one_core":
+                self.sched_ms().map(|ms| round3(pct_of_core(ms, secs))),
+        })
+    }
+}
+
+/// `ztag run`, the real daemon, in the receiving namespace, with its pins,
+/// state and admin socket named after this process. On drop it is stopped
+/// (SIGTERM, then SIGKILL), detached (what `ztag detach --force` does: the
+/// pinned link would keep the program attached) and its files removed.
+struct Daemon {
+    bin: PathBuf,
+    dir: PathBuf,
+    pins: PathBuf,
+    iface: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(bin: &Path, ns: &str, iface: &str) -> Result<Daemon> {
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("ztag-bench-{pid}-daemon"));
+        let pins = PathBuf::from(format!("/sys/fs/bpf/ztag-bench-{pid}-daemon"));
+        ensure!(!pins.exists(), "{} already exists", pins.display());
+        ensure!(!dir.exists(), "{} already exists", dir.display());
+        let mut d = Daemon {
+            bin: bin.to_path_buf(),
+            dir,
+            pins,
+            iface: iface.to_string(),
+            child: None,
+        };
+        fs::create_dir_all(&d.dir).with_context(|| format!("creating {}", d.dir.display()))?;
+        let cfg = d.dir.join("ztag.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"native\"\npin_dir = \"{}\"\n\
+                 events_sample_one_in = {DAEMON_SAMPLE_ONE_IN}\n[state]\ndir = \"{}\"\n\
+                 [admin]\nsocket = \"{}\"\n[metrics]\nlisten = \"off\"\n",
+                d.pins.display(),
+                d.dir.join("state").display(),
+                d.socket().display()
+            ),
+        )?;
+        let log = fs::File::create(d.log())?;
+        // nsenter (not `ip netns exec`, which remounts /sys and would hide
+        // /sys/fs/bpf) execs the daemon: the child's pid is the daemon's.
+        d.child = Some(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .arg(&d.bin)
+                .arg("--socket")
+                .arg(d.socket())
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting `nsenter ... ztag run`")?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.cli(&["stats"]).is_err() {
+            check_interrupted()?;
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("ztag run exited ({status}): {}", d.log_text());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "ztag run did not answer within 30 s: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let comm = fs::read_to_string(format!("/proc/{}/comm", d.pid()?)).unwrap_or_default();
+        ensure!(
+            comm.trim() == "ztag",
+            "the daemon's process is {:?}, not ztag",
+            comm.trim()
+        );
+        d.cli(&["block", "add", &FLOOD_SRC.to_string()])?;
+        Ok(d)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("ztag.log")
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(self.log())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    fn pid(&self) -> Result<u32> {
+        Ok(self
+            .child
+            .as_ref()
+            .context("the daemon is not running")?
+            .id())
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.bin)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("starting the ztag CLI")?;
+        ensure!(
+            out.status.success(),
+            "`ztag {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Blocklist drops on the flood's interface (`ztag stats --json`).
+    fn blocklist_drops(&self) -> Result<u64> {
+        let json = self.cli(&["stats", "--json"])?;
+        let v: Value = serde_json::from_str(&json).context("parsing `ztag stats --json`")?;
+        Ok(v.as_array()
+            .with_context(|| format!("`ztag stats --json` is not a list: {json}"))?
+            .iter()
+            .filter(|r| r["interface"] == self.iface.as_str() && r["reason"] == "blocklist")
+            .filter_map(|r| r["packets"].as_u64())
+            .sum())
+    }
+
+    fn cpu(&self) -> Result<DaemonCpu> {
+        let pid = self.pid()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // Fields after the command name: state is field 3, utime 14, stime 15.
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("bad /proc/PID/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let field = |i: usize| -> Result<u64> {
+            f.get(i - 3)
+                .and_then(|x| x.parse().ok())
+                .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
+        };
+        let sched_ns = fs::read_dir(format!("/proc/{pid}/task")).ok().map(|d| {
+            d.flatten()
+                .filter_map(|t| {
+                    fs::read_to_string(t.path().join("schedstat"))
+                        .ok()?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
+        });
+        Ok(DaemonCpu {
+            ticks: field(14)? + field(15)?,
+            sched_ns,
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: a signal to our own child, not yet reaped.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+        if self.pins.exists()
+            && let Err(e) = detach_all(&self.pins)
+        {
+            eprintln!("warning: cleaning up {}: {e}", self.pins.display());
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir)
+            && self.dir.exists()
+        {
+            eprintln!("warning: removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Moves the calling thread (only) into the network namespace `ns`.
+fn enter_netns(ns: &str) -> Result<()> {
+    let file = fs::File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("opening /run/netns/{ns}"))?;
+    // SAFETY: a valid network-namespace fd; setns only moves this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering network namespace {ns}"));
+    }
+    Ok(())
+}
+
 /// A dropper set up in the receiving namespace; undone on drop.
 enum Armed {
+    /// ztag through the library's `Plane` (when the daemon is not at hand).
     Ztag(Box<Ztag>),
+    /// The real daemon, `ztag run`, with the source blocked by `ztag block add`.
+    Daemon(Box<Daemon>),
     /// The floor program attached (the link belongs to the loaded object and
     /// goes with it); it counts nothing, so `dropped` is what was sent.
     Floor {
@@ -755,9 +1125,15 @@ enum Armed {
 
 const IPT_RULE: [&str; 4] = ["-s", "198.18.0.2/32", "-j", "DROP"];
 
-fn arm(d: Dropper, net: &FloodNet) -> Result<Armed> {
+fn arm(d: Dropper, net: &FloodNet, daemon: Option<&Path>) -> Result<Armed> {
     let ns = net.rx.name.clone();
     match d {
+        Dropper::ZtagXdp if daemon.is_some() => {
+            let bin = daemon.context("no daemon")?;
+            Ok(Armed::Daemon(Box::new(Daemon::start(
+                bin, &ns, &net.rx_if,
+            )?)))
+        }
         Dropper::ZtagXdp => {
             let iface = net.rx_if.clone();
             in_netns(&ns, move || {
@@ -830,10 +1206,19 @@ fn arm(d: Dropper, net: &FloodNet) -> Result<Armed> {
 }
 
 impl Armed {
+    /// The daemon's CPU time so far (`None`: no daemon).
+    fn daemon_cpu(&self) -> Result<Option<DaemonCpu>> {
+        match self {
+            Armed::Daemon(d) => d.cpu().map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Packets this dropper has dropped so far (`None`: it does not count).
     fn dropped(&self) -> Result<Option<u64>> {
         Ok(Some(match self {
             Armed::Floor { .. } => return Ok(None),
+            Armed::Daemon(d) => d.blocklist_drops()?,
             Armed::Ztag(z) => {
                 let counters = z.enforcer.plane().counters()?;
                 counters
@@ -889,9 +1274,10 @@ impl Armed {
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        // ztag: the Ztag guard detaches (its link pin goes with the pins).
+        // ztag: the Ztag guard detaches (its link pin goes with the pins);
+        // the Daemon guard stops the daemon and detaches.
         match self {
-            Armed::Ztag(_) | Armed::Floor { .. } => {}
+            Armed::Ztag(_) | Armed::Daemon(_) | Armed::Floor { .. } => {}
             Armed::Nft { ns, table } => {
                 let _ = Command::new("ip")
                     .args([
@@ -956,20 +1342,29 @@ struct FloodSample {
     dropped: u64,
     sent: u64,
     secs: f64,
+    /// The ztag daemon's CPU over the flood (ztag with the daemon only).
+    daemon: Option<DaemonCpu>,
+    /// The allowed client, idle and under a paced flood (not for the floor).
+    probe: Option<ProbeSample>,
 }
 
-/// One flood of `packets` frames from FLOOD_SRC through the armed dropper.
-fn flood_once(net: &FloodNet, armed: &Armed, packets: u64) -> Result<FloodSample> {
-    let conf = format!(
-        "{{ eth(da={}, sa={}), ipv4(saddr={FLOOD_SRC}, daddr={FLOOD_DST}, ttl=64), \
-         tcp(sp=40000, dp=80, ack, seq=1, ackseq=1) }}\n",
-        net.rx_mac, net.tx_mac
-    );
-    let before = armed.dropped()?;
-    let s0 = softirq_ticks()?;
-    let t0 = Instant::now();
-    let mut child = Command::new("ip")
-        .args([
+/// A trafgen run in the sending namespace: frames from FLOOD_SRC to
+/// FLOOD_DST. Killed on drop if still running.
+struct Trafgen {
+    child: Option<Child>,
+    started: Instant,
+}
+
+impl Trafgen {
+    /// `packets` frames, as fast as trafgen goes (its TX ring).
+    fn start(net: &FloodNet, packets: u64) -> Result<Trafgen> {
+        let conf = format!(
+            "{{ eth(da={}, sa={}), ipv4(saddr={FLOOD_SRC}, daddr={FLOOD_DST}, ttl=64), \
+             tcp(sp=40000, dp=80, ack, seq=1, ackseq=1) }}\n",
+            net.rx_mac, net.tx_mac
+        );
+        let mut cmd = Command::new("ip");
+        cmd.args([
             "netns",
             "exec",
             &net.tx.name,
@@ -982,36 +1377,93 @@ fn flood_once(net: &FloodNet, armed: &Armed, packets: u64) -> Result<FloodSample
         ])
         .arg(packets.to_string())
         // One sender; leave the host's socket memory and IRQ affinity alone.
-        .args(["--cpus", "1", "--no-sock-mem", "--notouch-irq"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting trafgen")?;
-    child
-        .stdin
-        .take()
-        .context("trafgen stdin")?
-        .write_all(conf.as_bytes())?;
-    let out = child.wait_with_output().context("waiting for trafgen")?;
-    let secs = t0.elapsed().as_secs_f64();
+        .args(["--cpus", "1", "--no-sock-mem", "--notouch-irq"]);
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting trafgen")?;
+        let stdin = child.stdin.take();
+        let t = Trafgen {
+            child: Some(child),
+            started,
+        };
+        // Closing stdin ends the configuration: trafgen starts.
+        stdin.context("trafgen stdin")?.write_all(conf.as_bytes())?;
+        Ok(t)
+    }
+
+    /// Waits for trafgen to end; the frames it sent and its seconds.
+    fn finish(mut self) -> Result<(u64, f64)> {
+        let child = self.child.take().context("trafgen already waited for")?;
+        let out = child.wait_with_output().context("waiting for trafgen")?;
+        let secs = self.started.elapsed().as_secs_f64();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success(),
+            "trafgen failed ({}): {}",
+            out.status,
+            text.trim()
+        );
+        let sent = text
+            .lines()
+            .find(|l| l.contains("packets outgoing"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no packet count in trafgen's output: {text}"))?;
+        Ok((sent, secs))
+    }
+}
+
+impl Drop for Trafgen {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                signal_tree(c.id(), libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends `sig` to the process `pid` and its descendants, children first
+/// (trafgen forks a worker per CPU, which does the sending).
+fn signal_tree(pid: u32, sig: libc::c_int) {
+    // The processes whose parent (field 4 of /proc/PID/stat) is `pid`.
+    let children: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect();
+    for c in children {
+        signal_tree(c, sig);
+    }
+    // SAFETY: kill has no memory-safety preconditions; `pid` is a process
+    // of ours (or its descendant) that has not been reaped.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// One flood of `packets` frames from FLOOD_SRC through the armed dropper.
+fn flood_once(net: &FloodNet, armed: &Armed, packets: u64) -> Result<FloodSample> {
+    let before = armed.dropped()?;
+    let cpu0 = armed.daemon_cpu()?;
+    let s0 = softirq_ticks()?;
+    let (sent, secs) = Trafgen::start(net, packets)?.finish()?;
     let s1 = softirq_ticks()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        out.status.success(),
-        "trafgen failed ({}): {}",
-        out.status,
-        text.trim()
-    );
-    let sent = text
-        .lines()
-        .find(|l| l.contains("packets outgoing"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no packet count in trafgen's output: {text}"))?;
+    let cpu1 = armed.daemon_cpu()?;
     let dropped = match (armed.dropped()?, before) {
         (Some(after), Some(before)) => after - before,
         _ => sent,
@@ -1023,6 +1475,327 @@ fn flood_once(net: &FloodNet, armed: &Armed, packets: u64) -> Result<FloodSample
         dropped,
         sent,
         secs,
+        daemon: cpu1.zip(cpu0).map(|(a, b)| a.since(b)),
+        probe: None,
+    })
+}
+
+/// A one-byte echo server on FLOOD_DST in the receiving namespace (a thread
+/// of ours that entered it); stopped on drop.
+struct EchoServer {
+    port: u16,
+    fd: i32,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(ns: &str) -> Result<EchoServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let stopped = stop.clone();
+        let ns = ns.to_string();
+        let thread = std::thread::spawn(move || {
+            let bound = (|| -> Result<TcpListener> {
+                enter_netns(&ns)?;
+                let l = TcpListener::bind((FLOOD_DST, 0)).context("binding the echo server")?;
+                // accept wakes up now and then to see whether to stop.
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 200_000,
+                };
+                // SAFETY: a valid socket and option of the right size.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        l.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVTIMEO,
+                        (&raw const tv).cast(),
+                        size_of::<libc::timeval>() as libc::socklen_t,
+                    )
+                };
+                ensure!(rc == 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+                Ok(l)
+            })();
+            let l = match bound.and_then(|l| Ok((l.local_addr()?.port(), l))) {
+                Ok((port, l)) => {
+                    let _ = tx.send(Ok((port, l.as_raw_fd())));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !stopped.load(Ordering::SeqCst) {
+                if let Ok((mut c, _)) = l.accept() {
+                    let _ = c.set_nodelay(true);
+                    let _ = c.set_read_timeout(Some(PROBE_TIMEOUT));
+                    let mut b = [0u8; 1];
+                    if c.read_exact(&mut b).is_ok() {
+                        let _ = c.write_all(&b);
+                    }
+                }
+            }
+        });
+        let (port, fd) = match rx.recv() {
+            Ok(r) => r?,
+            Err(_) => bail!("the echo server thread died"),
+        };
+        Ok(EchoServer {
+            port,
+            fd,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // SAFETY: the listener is open until its thread ends (joined below);
+        // shutting it down wakes a blocked accept at once.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An allowed client's request round trips (µs).
+#[derive(Default)]
+struct Latency {
+    /// Requests asked for.
+    target: usize,
+    us: Vec<f64>,
+    /// Requests that failed (timeout, reset, ...).
+    failed: usize,
+}
+
+/// `n` sequential requests from CLIENT_SRC (a thread in the sending
+/// namespace): TCP connect to the echo server, one byte each way, close.
+fn probe(net: &FloodNet, port: u16, n: usize) -> Result<Latency> {
+    let dst = SocketAddr::from((FLOOD_DST, port));
+    in_netns(&net.tx.name, move || {
+        let mut l = Latency {
+            target: n,
+            ..Latency::default()
+        };
+        let t0 = Instant::now();
+        for i in 0..n {
+            check_interrupted()?;
+            if t0.elapsed() > PROBE_BUDGET {
+                break;
+            }
+            if i > 0 {
+                std::thread::sleep(PROBE_GAP);
+            }
+            let t = Instant::now();
+            match round_trip(dst) {
+                Ok(src) => {
+                    ensure!(
+                        src == IpAddr::V4(CLIENT_SRC),
+                        "the client's connection left from {src}, not {CLIENT_SRC}"
+                    );
+                    l.us.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                Err(_) => l.failed += 1,
+            }
+        }
+        ensure!(!l.us.is_empty(), "none of the client's requests succeeded");
+        Ok(l)
+    })
+}
+
+/// One request; the source address it went out from.
+fn round_trip(dst: SocketAddr) -> std::io::Result<IpAddr> {
+    let mut c = TcpStream::connect_timeout(&dst, PROBE_TIMEOUT)?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    c.write_all(b"?")?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b)?;
+    Ok(c.local_addr()?.ip())
+}
+
+/// The `p` quantile (nearest rank) of `v`.
+fn quantile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+struct ProbeSample {
+    /// The dropper armed, no flood.
+    idle: Latency,
+    /// During the paced flood.
+    flood: Latency,
+    /// The paced flood: frames sent, sends that failed, dropped by the
+    /// dropper, its seconds.
+    sent: u64,
+    send_failed: u64,
+    dropped: u64,
+    secs: f64,
+    daemon: Option<DaemonCpu>,
+}
+
+/// The flood's frame as trafgen builds it: Ethernet to the receiving veth,
+/// IPv4 from FLOOD_SRC to FLOOD_DST, TCP ACK 40000 → 80.
+fn flood_frame(net: &FloodNet) -> Result<Vec<u8>> {
+    let mac = |m: &str| -> Result<Vec<u8>> {
+        let b: Vec<u8> = m
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("bad MAC address {m}"))?;
+        ensure!(b.len() == 6, "bad MAC address {m}");
+        Ok(b)
+    };
+    let mut f = Frame::new().tcp(IpAddr::V4(FLOOD_SRC), ACK, 0);
+    f[0..6].copy_from_slice(&mac(&net.rx_mac)?);
+    f[6..12].copy_from_slice(&mac(&net.tx_mac)?);
+    // IPv4 header at 14: the destination, then the header checksum again.
+    f[30..34].copy_from_slice(&FLOOD_DST.octets());
+    f[24..26].fill(0);
+    let sum: u32 = f[14..34]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    Ok(f)
+}
+
+/// What the paced sender did: frames sent, sends that failed, seconds.
+struct Paced {
+    sent: u64,
+    failed: u64,
+    secs: f64,
+}
+
+/// Sends `frame` out of the sending veth from an AF_PACKET socket (the
+/// calling thread must be in the sending namespace), `pps` frames a second
+/// in 1 ms batches, until `stop`.
+fn paced_flood(iface: &str, frame: &[u8], pps: u64, stop: &AtomicBool) -> Result<Paced> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    ensure!(ifindex != 0, "no interface {iface}");
+    // SAFETY: plain socket creation; the fd is owned right away. Protocol 0:
+    // the socket sends only.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    ensure!(
+        raw >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh fd of ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: a valid socket and address of the stated size.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&raw const sll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "binding the AF_PACKET socket to {iface}: {}",
+        std::io::Error::last_os_error()
+    );
+    let batch = (pps / 1000).max(1);
+    let (mut sent, mut failed, mut tried) = (0u64, 0u64, 0u64);
+    let t0 = Instant::now();
+    while !stop.load(Ordering::SeqCst) && !INTERRUPTED.load(Ordering::SeqCst) {
+        for _ in 0..batch {
+            // SAFETY: a valid socket and buffer.
+            let n = unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            if n == frame.len() as isize {
+                sent += 1;
+            } else {
+                let e = std::io::Error::last_os_error();
+                ensure!(
+                    matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)),
+                    "sending on {iface}: {e}"
+                );
+                failed += 1;
+            }
+        }
+        // Paced on what was tried: failures do not make a burst later.
+        tried += batch;
+        let due = Duration::from_secs_f64(tried as f64 / pps as f64);
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok(Paced {
+        sent,
+        failed,
+        secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The allowed client's latency through the armed dropper: idle, then during
+/// a flood paced to `o.probe_pps` that starts PROBE_LEAD before the client
+/// and stops after its last request.
+fn probe_flood(net: &FloodNet, armed: &Armed, port: u16, o: &Opts) -> Result<ProbeSample> {
+    let idle = probe(net, port, o.probes).context("the client, no flood")?;
+    let frame = flood_frame(net)?;
+    let before = armed.dropped()?;
+    let cpu0 = armed.daemon_cpu()?;
+    let stop = AtomicBool::new(false);
+    let (lat, paced) = std::thread::scope(|sc| {
+        let sender = sc.spawn(|| {
+            enter_netns(&net.tx.name)?;
+            paced_flood(&net.tx_if, &frame, o.probe_pps, &stop)
+        });
+        std::thread::sleep(PROBE_LEAD);
+        let lat = if sender.is_finished() {
+            Err(anyhow::anyhow!(
+                "the paced flood ended before the client started"
+            ))
+        } else {
+            probe(net, port, o.probes)
+        };
+        let ran_through = !sender.is_finished();
+        stop.store(true, Ordering::SeqCst);
+        let paced = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("the paced sender panicked"))
+            .and_then(|r| r);
+        ensure!(
+            ran_through || lat.is_err() || paced.is_err(),
+            "the paced flood ended before the client's requests did"
+        );
+        Ok((lat, paced))
+    })?;
+    let paced = paced.context("the paced flood")?;
+    let lat = lat.context("the client, under the paced flood")?;
+    let cpu1 = armed.daemon_cpu()?;
+    let dropped = match (armed.dropped()?, before) {
+        (Some(after), Some(before)) => after - before,
+        _ => paced.sent,
+    };
+    Ok(ProbeSample {
+        idle,
+        flood: lat,
+        sent: paced.sent,
+        send_failed: paced.failed,
+        dropped,
+        secs: paced.secs,
+        daemon: cpu1.zip(cpu0).map(|(a, b)| a.since(b)),
     })
 }
 
@@ -1032,6 +1805,11 @@ struct FloodResult {
     rounds: usize,
     iptables: String,
     idle_ticks_per_sec: f64,
+    /// The ztag daemon run (or why ztag went through the library instead).
+    daemon: Result<PathBuf, String>,
+    probes: usize,
+    probe_pps: u64,
+    probe_errors: Vec<String>,
     samples: Vec<(Dropper, Vec<FloodSample>)>,
 }
 
@@ -1044,29 +1822,40 @@ fn bench_flood(o: &Opts) -> Result<Flood> {
     if !o.flood {
         return Ok(Flood::NotRun("skipped with --no-flood".into()));
     }
-    for tool in ["trafgen", "nft", "iptables"] {
+    for tool in ["trafgen", "nft", "iptables", "nsenter"] {
         if !have(tool) {
             return Ok(Flood::NotRun(format!("{tool} is not installed")));
         }
     }
+    let daemon = ztag_daemon_bin().map_err(|e| {
+        eprintln!(
+            "[flood] warning: no ztag daemon ({e:#}); ztag goes through the library's Plane \
+             and its CPU is not measured"
+        );
+        format!("{e:#}")
+    });
     eprintln!("[flood] idle softirq baseline (2 s) ...");
     let s0 = softirq_ticks()?;
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(2));
     let idle_ticks_per_sec = (softirq_ticks()? - s0) as f64 / 2.0;
     let net = flood_net()?;
+    // Declared after the namespaces: it leaves the receiving one first.
+    let server = EchoServer::start(&net.rx.name)?;
     let mut samples: Vec<(Dropper, Vec<FloodSample>)> =
         Dropper::ALL.iter().map(|&d| (d, Vec::new())).collect();
     let mut retries = 0;
+    let mut probe_errors = Vec::new();
     for round in 0..o.flood_rounds {
         for k in 0..Dropper::ALL.len() {
             check_interrupted()?;
             let i = (k + round) % Dropper::ALL.len();
             let d = Dropper::ALL[i];
-            let armed = arm(d, &net).with_context(|| format!("setting up {}", d.key()))?;
+            let armed = arm(d, &net, daemon.as_deref().ok())
+                .with_context(|| format!("setting up {}", d.key()))?;
             // trafgen gives up when a TX ring flush meets a full socket
             // buffer (EAGAIN), now and then when the receiver lags: start over.
             let mut attempt = 1;
-            let s = loop {
+            let mut s = loop {
                 match flood_once(&net, &armed, o.flood_packets) {
                     Err(e) if attempt < 3 && format!("{e:#}").contains("TX_RING") => {
                         eprintln!("[flood] {}: trafgen gave up ({e:#}); again", d.key());
@@ -1078,25 +1867,60 @@ fn bench_flood(o: &Opts) -> Result<Flood> {
                 }
             };
             eprintln!(
-                "[flood] round {}/{}: {}: {:.0} ns softirq per dropped packet ({} of {} dropped, {:.2} Mpps)",
+                "[flood] round {}/{}: {}: {:.0} ns softirq per dropped packet ({} of {} dropped, {:.2} Mpps){}",
                 round + 1,
                 o.flood_rounds,
                 d.key(),
                 s.softirq_ns_per_pkt,
                 s.dropped,
                 s.sent,
-                s.sent as f64 / s.secs / 1e6
+                s.sent as f64 / s.secs / 1e6,
+                s.daemon.map_or(String::new(), |c| format!(
+                    "; daemon CPU {:.0} ms = {:.1}% of a core",
+                    c.ms(),
+                    pct_of_core(c.ms(), s.secs)
+                ))
             );
+            // The floor drops the client too.
+            if d != Dropper::XdpFloor {
+                check_interrupted()?;
+                match probe_flood(&net, &armed, server.port, o) {
+                    Ok(p) => {
+                        eprintln!(
+                            "[flood] round {}/{}: {}: client median {:.0} µs idle, {:.0} µs under {:.0} kpps ({} of {} requests failed)",
+                            round + 1,
+                            o.flood_rounds,
+                            d.key(),
+                            quantile(&p.idle.us, 0.5),
+                            quantile(&p.flood.us, 0.5),
+                            p.sent as f64 / p.secs / 1e3,
+                            p.flood.failed,
+                            p.flood.target
+                        );
+                        s.probe = Some(p);
+                    }
+                    Err(e) => {
+                        check_interrupted()?;
+                        eprintln!("[flood] {}: the client probe failed: {e:#}", d.key());
+                        probe_errors.push(format!("round {}, {}: {e:#}", round + 1, d.key()));
+                    }
+                }
+            }
             drop(armed);
             samples[i].1.push(s);
         }
     }
+    drop(server);
     Ok(Flood::Done(FloodResult {
         packets: o.flood_packets,
         retries,
         rounds: o.flood_rounds,
         iptables: capture("iptables", &["-V"]).unwrap_or_else(|| "?".into()),
         idle_ticks_per_sec,
+        daemon: daemon.map(|p| p.to_path_buf()),
+        probes: o.probes,
+        probe_pps: o.probe_pps,
+        probe_errors,
         samples,
     }))
 }
@@ -1167,10 +1991,10 @@ fn flood_markdown(f: &Flood) -> String {
         let sent: u64 = s.iter().map(|x| x.sent).sum();
         let rate = median(s.iter().map(|x| x.sent as f64 / x.secs / 1e6).collect());
         let rel = ztag.map_or("n/a".to_string(), |z| format!("{:.2}", m / z));
+        let name = dropper_name(*d, r);
         let _ = writeln!(
             w,
-            "| {} | {m:.0} ({lo:.0}–{hi:.0}) | {rel} | {dropped} / {sent} | {rate:.2} |",
-            d.describe()
+            "| {name} | {m:.0} ({lo:.0}–{hi:.0}) | {rel} | {dropped} / {sent} | {rate:.2} |"
         );
     }
     let _ = writeln!(
@@ -1179,7 +2003,246 @@ fn flood_markdown(f: &Flood) -> String {
          the floor is ztag's own share; the floor itself is what a veth spends to hand a \
          trafgen skb to any XDP program."
     );
+    match &r.daemon {
+        Ok(bin) => {
+            let _ = writeln!(
+                w,
+                "\n³ `{}` in the receiving namespace (`nsenter --net`), started afresh for \
+                 each of its runs with its own pins, state and admin socket; its figure \
+                 includes the drop-event sampling that the daemon reads.",
+                bin.display()
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(
+                w,
+                "\nztag went through the library's `Plane` (no drop events), not the daemon: \
+                 {why}."
+            );
+        }
+    }
+    daemon_cpu_markdown(w, r);
+    client_markdown(w, r);
     md
+}
+
+/// How the reports name a dropper (ztag: as it ran).
+fn dropper_name(d: Dropper, r: &FloodResult) -> String {
+    match (d, &r.daemon) {
+        (Dropper::ZtagXdp, Ok(_)) => format!(
+            "ztag XDP: the daemon (`ztag run`, native on the veth, `ztag block add`, events \
+             1 in {DAEMON_SAMPLE_ONE_IN}) ³"
+        ),
+        _ => d.describe().to_string(),
+    }
+}
+
+fn pct_of_core(ms: f64, secs: f64) -> f64 {
+    ms / 10.0 / secs
+}
+
+fn daemon_cpu_markdown(w: &mut String, r: &FloodResult) {
+    let _ = writeln!(w, "\n### ztag daemon CPU during the flood\n");
+    if r.daemon.is_err() {
+        let _ = writeln!(w, "Not measured: the daemon was not run (see above).");
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "Method: the daemon's utime+stime (/proc/PID/stat, all threads, in 1/{:.0} s ticks) \
+         and its threads' on-CPU time (sum of /proc/PID/task/*/schedstat, ns), read just \
+         before trafgen starts and after it ends; the difference in ms and as % of one core \
+         over the flood's wall time. \"unpaced\": the flood above; \"paced\": the flood \
+         the allowed client is probed under (below).\n",
+        clock_ticks_per_sec()
+    );
+    let _ = writeln!(
+        w,
+        "| round | flood | wall s | dropped by ztag | daemon CPU ms (utime+stime) | % of one core | daemon on-CPU ms (schedstat) | % of one core |"
+    );
+    let _ = writeln!(w, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    let runs = r
+        .samples
+        .iter()
+        .filter(|(d, _)| *d == Dropper::ZtagXdp)
+        .flat_map(|(_, s)| s);
+    let (mut total_ms, mut total_sched_ms, mut total_secs) = (0.0, Some(0.0), 0.0);
+    for (round, s) in runs.enumerate() {
+        let floods = [
+            Some(("unpaced", s.secs, s.dropped, s.daemon)),
+            s.probe
+                .as_ref()
+                .map(|p| ("paced", p.secs, p.dropped, p.daemon)),
+        ];
+        for (kind, secs, dropped, cpu) in floods.into_iter().flatten() {
+            let Some(c) = cpu else { continue };
+            let sched = c.sched_ms().map_or("n/a | n/a".into(), |ms| {
+                format!("{ms:.1} | {:.2}", pct_of_core(ms, secs))
+            });
+            let _ = writeln!(
+                w,
+                "| {} | {kind} | {secs:.2} | {dropped} | {:.0} | {:.2} | {sched} |",
+                round + 1,
+                c.ms(),
+                pct_of_core(c.ms(), secs)
+            );
+            if kind == "unpaced" {
+                total_ms += c.ms();
+                total_sched_ms = total_sched_ms.zip(c.sched_ms()).map(|(a, b)| a + b);
+                total_secs += secs;
+            }
+        }
+    }
+    if total_secs > 0.0 {
+        let _ = writeln!(
+            w,
+            "\nOver all unpaced floods ({total_secs:.2} s): {total_ms:.0} ms of daemon CPU by \
+             utime+stime = {:.2}% of one core{}.",
+            pct_of_core(total_ms, total_secs),
+            total_sched_ms.map_or(String::new(), |ms| format!(
+                "; {ms:.1} ms on-CPU by schedstat = {:.2}% of one core",
+                pct_of_core(ms, total_secs)
+            ))
+        );
+    }
+}
+
+fn client_markdown(w: &mut String, r: &FloodResult) {
+    let _ = writeln!(w, "\n### Allowed client latency during the flood\n");
+    let _ = writeln!(
+        w,
+        "Method: a one-byte echo server on {FLOOD_DST} in the receiving namespace; from \
+         {CLIENT_SRC} (blocked by no dropper) in the sending namespace, {} sequential \
+         requests {} ms apart (TCP connect, one byte each way, close; round trip timed) with \
+         the dropper \
+         armed and no flood (idle), then {} more during a flood of the same frames as \
+         trafgen's from {FLOOD_SRC}, paced to {} frames/s by an AF_PACKET sender of this \
+         process in the sending namespace (1 ms batches; started {} ms before the first \
+         request, stopped after the last; trafgen's own `-b` sends each second's budget at \
+         full speed, then pauses); medians and p99 (nearest rank) over all rounds. One \
+         offered rate puts every dropper under the same load (unpaced, the cheaper dropper \
+         would face the heavier flood). The floor drops the client too and is skipped.\n",
+        r.probes,
+        PROBE_GAP.as_millis(),
+        r.probes,
+        r.probe_pps,
+        PROBE_LEAD.as_millis()
+    );
+    let _ = writeln!(
+        w,
+        "| dropper | idle median µs | idle p99 µs | flood median µs | flood p99 µs | median × idle | p99 × idle | failed (idle / flood) | paced flood kpps (achieved) | dropped / sent (paced) |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (d, s) in &r.samples {
+        if *d == Dropper::XdpFloor {
+            continue;
+        }
+        let c = ClientStats::of(s);
+        if c.runs == 0 {
+            let _ = writeln!(
+                w,
+                "| {} | — | — | — | — | — | — | — | — | — |",
+                dropper_name(*d, r)
+            );
+            continue;
+        }
+        let _ = writeln!(
+            w,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {} / {} | {:.0} | {} / {}{} |",
+            dropper_name(*d, r),
+            c.idle_p50,
+            c.idle_p99,
+            c.flood_p50,
+            c.flood_p99,
+            c.flood_p50 / c.idle_p50,
+            c.flood_p99 / c.idle_p99,
+            c.idle_failed,
+            c.flood_failed,
+            c.kpps,
+            c.dropped,
+            c.sent,
+            if c.send_failed > 0 {
+                format!(" ({} sends failed)", c.send_failed)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for e in &r.probe_errors {
+        let _ = writeln!(w, "\nNo client figure for {e}.");
+    }
+}
+
+/// The allowed client's latency over a dropper's runs.
+struct ClientStats {
+    runs: usize,
+    idle_p50: f64,
+    idle_p99: f64,
+    flood_p50: f64,
+    flood_p99: f64,
+    idle_n: usize,
+    flood_n: usize,
+    idle_failed: usize,
+    flood_failed: usize,
+    /// Median achieved rate of the paced floods.
+    kpps: f64,
+    dropped: u64,
+    sent: u64,
+    send_failed: u64,
+}
+
+impl ClientStats {
+    fn of(samples: &[FloodSample]) -> ClientStats {
+        let probes: Vec<&ProbeSample> = samples.iter().filter_map(|s| s.probe.as_ref()).collect();
+        let idle: Vec<f64> = probes.iter().flat_map(|p| p.idle.us.clone()).collect();
+        let flood: Vec<f64> = probes.iter().flat_map(|p| p.flood.us.clone()).collect();
+        ClientStats {
+            runs: probes.len(),
+            idle_p50: quantile(&idle, 0.5),
+            idle_p99: quantile(&idle, 0.99),
+            flood_p50: quantile(&flood, 0.5),
+            flood_p99: quantile(&flood, 0.99),
+            idle_n: idle.len(),
+            flood_n: flood.len(),
+            idle_failed: probes.iter().map(|p| p.idle.failed).sum(),
+            flood_failed: probes.iter().map(|p| p.flood.failed).sum(),
+            kpps: median(
+                probes
+                    .iter()
+                    .map(|p| p.sent as f64 / p.secs / 1e3)
+                    .collect(),
+            ),
+            dropped: probes.iter().map(|p| p.dropped).sum(),
+            sent: probes.iter().map(|p| p.sent).sum(),
+            send_failed: probes.iter().map(|p| p.send_failed).sum(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        if self.runs == 0 {
+            return Value::Null;
+        }
+        json!({
+            "idle": {
+                "median_us": round3(self.idle_p50),
+                "p99_us": round3(self.idle_p99),
+                "requests_ok": self.idle_n,
+                "requests_failed": self.idle_failed,
+            },
+            "flood": {
+                "median_us": round3(self.flood_p50),
+                "p99_us": round3(self.flood_p99),
+                "requests_ok": self.flood_n,
+                "requests_failed": self.flood_failed,
+            },
+            "median_ratio_flood_over_idle": round3(self.flood_p50 / self.idle_p50),
+            "p99_ratio_flood_over_idle": round3(self.flood_p99 / self.idle_p99),
+            "paced_flood_kpps_achieved_median": round3(self.kpps),
+            "paced_flood_dropped": self.dropped,
+            "paced_flood_sent": self.sent,
+            "paced_flood_send_failed": self.send_failed,
+        })
+    }
 }
 
 fn flood_json(f: &Flood) -> Value {
@@ -1194,15 +2257,51 @@ fn flood_json(f: &Flood) -> Value {
             "clock_ticks_per_sec": clock_ticks_per_sec(),
             "irq_time_accounting": irq_time_accounting(),
             "idle_softirq_ticks_per_sec": r.idle_ticks_per_sec,
+            "ztag_daemon": r.daemon.as_ref().ok().map(|p| p.display().to_string()),
+            "ztag_daemon_not_run": r.daemon.as_ref().err(),
+            "ztag_daemon_events_sample_one_in": r.daemon.is_ok().then_some(DAEMON_SAMPLE_ONE_IN),
+            "daemon_cpu_method": "utime+stime of the daemon (/proc/PID/stat, clock ticks) and \
+                the sum of its threads' /proc/PID/task/*/schedstat on-CPU ns, difference over \
+                each flood; percent of one core over the flood's wall time",
+            "client": {
+                "method": "sequential TCP connect + 1-byte request/answer round trips from the \
+                    allowed source to an echo server in the receiving namespace; idle (dropper \
+                    armed, no flood), then during a flood of trafgen's frame from the blocked \
+                    source paced to probe_pps frames/s by an AF_PACKET sender (1 ms batches); \
+                    quantiles nearest-rank over all rounds",
+                "src": CLIENT_SRC.to_string(),
+                "dst": FLOOD_DST.to_string(),
+                "requests_per_sample": r.probes,
+                "probe_pps": r.probe_pps,
+                "lead_ms": PROBE_LEAD.as_millis() as u64,
+                "gap_between_requests_ms": PROBE_GAP.as_millis() as u64,
+                "errors": r.probe_errors,
+            },
             "droppers": r.samples.iter().map(|(d, s)| json!({
                 "dropper": d.key(),
                 "median_softirq_ns_per_dropped_packet":
                     round3(median(s.iter().map(|x| x.softirq_ns_per_pkt).collect())),
+                "client_latency": ClientStats::of(s).json(),
                 "runs": s.iter().map(|x| json!({
                     "softirq_ns_per_dropped_packet": round3(x.softirq_ns_per_pkt),
                     "dropped": x.dropped,
                     "sent": x.sent,
                     "secs": round3(x.secs),
+                    "daemon_cpu": x.daemon.map(|c| c.json(x.secs)),
+                    "client_probe": x.probe.as_ref().map(|p| json!({
+                        "idle_median_us": round3(quantile(&p.idle.us, 0.5)),
+                        "idle_p99_us": round3(quantile(&p.idle.us, 0.99)),
+                        "idle_failed": p.idle.failed,
+                        "flood_median_us": round3(quantile(&p.flood.us, 0.5)),
+                        "flood_p99_us": round3(quantile(&p.flood.us, 0.99)),
+                        "flood_requests": p.flood.target,
+                        "flood_failed": p.flood.failed,
+                        "paced_sent": p.sent,
+                        "paced_send_failed": p.send_failed,
+                        "paced_dropped": p.dropped,
+                        "paced_secs": round3(p.secs),
+                        "daemon_cpu": p.daemon.map(|c| c.json(p.secs)),
+                    })),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }),
