@@ -2,5 +2,6 @@
 //! (BPF_PROG_TEST_RUN) and the daemon in network namespaces. Privileged tests
 //! skip by name without root and fail under CI=true.
 
+mod gateway;
 mod prog_test_run;
 mod xdp_netns;

@@ -3,6 +3,11 @@
 //! daemon processes), and a two-namespace topology with a real HTTP server.
 #![allow(missing_docs)]
 
+pub mod gateway;
+pub mod idp;
+pub mod pki;
+pub mod upstream;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},

@@ -1,6 +1,11 @@
 //! `cargo xtask bench xdp [--quick] [-- ARGS...]`: setup, then the XDP
 //! benchmark (`ztag-userspace/benches/xdp.rs`), which writes
 //! `target/bench/xdp-YYYYMMDD-HHMMSS.{md,json}` and prints the markdown.
+//!
+//! `cargo xtask bench proxy [--quick] [-- ARGS...]`: setup, a release build
+//! of `ztag`, then the L7 benchmark (`ztag-userspace/benches/proxy.rs`:
+//! ztag's gateway against HAProxy, Envoy and nginx), which writes
+//! `target/bench/proxy-YYYYMMDD-HHMMSS.{md,json}` and prints the markdown.
 
 use std::ffi::OsString;
 
@@ -22,6 +27,22 @@ enum Which {
     /// flood of live XDP frames against nftables and iptables drops (needs
     /// root). Extra args after `--` go to the first benchmark.
     Xdp(XdpArgs),
+    /// The gateway with JWT validation against HAProxy (jwt_verify) and
+    /// Envoy (jwt_authn), with nginx (no auth) as the baseline: peak req/s
+    /// (wrk), latency at a fixed rate, RSS with 10k TLS connections. Extra
+    /// args after `--` go to the benchmark binary.
+    Proxy(ProxyArgs),
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// One short round: done in under 3 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// More options for the benchmark binary, e.g. `-- --rounds 5 --no-rss`
+    /// (`-- --help` lists them).
+    #[arg(last = true)]
+    args: Vec<OsString>,
 }
 
 #[derive(Args)]
@@ -38,7 +59,35 @@ struct XdpArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Xdp(xdp) => run_xdp(xdp),
+        Which::Proxy(proxy) => run_proxy(proxy),
     }
+}
+
+fn run_proxy(args: ProxyArgs) -> Result<()> {
+    header("setup");
+    setup::run()?;
+
+    header("cargo build --release -p ztag-userspace --bin ztag");
+    run_command(&mut crate::cargo([
+        "build",
+        "--release",
+        "-p",
+        "ztag-userspace",
+        "--bin",
+        "ztag",
+    ]))?;
+
+    header("cargo bench -p ztag-userspace --bench proxy");
+    let mut bench = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "proxy", "--"]);
+    if args.quick {
+        bench.arg("--quick");
+    }
+    bench.args(&args.args);
+    // Where setup put Envoy, so the benchmark need not guess.
+    if std::env::var_os("ZTAG_ENVOY").is_none() {
+        bench.env("ZTAG_ENVOY", setup::envoy_dir().join("envoy/_bin/envoy"));
+    }
+    run_command(&mut bench)
 }
 
 fn run_xdp(args: XdpArgs) -> Result<()> {

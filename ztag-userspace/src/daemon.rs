@@ -16,8 +16,10 @@ use ztag_common::{DropEvent, Reason, XdpConfig};
 
 use crate::{
     admin::{self, EventView, RECENT_EVENTS, Shared},
+    authn::Authn,
     config::Config,
     metrics::Metrics,
+    proxy::{Gateway, StartError},
     state::{StateDb, now_ms},
     xdp::{Plane, boottime_ns, cidr::addr_from_event, lists::Enforcer},
 };
@@ -72,11 +74,20 @@ fn reload(shared: &Shared, running: &Config, r: &Reload) -> Result<Config> {
     if new.metrics.listen != running.metrics.listen {
         restart.push("metrics.listen");
     }
-    shared
-        .enforcer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_program_config(program_config(&new))?;
+    if new.xdp.enabled != running.xdp.enabled {
+        restart.push("xdp.enabled");
+    }
+    if format!("{:?}", new.gateway) != format!("{:?}", running.gateway) {
+        restart.push("gateway (listeners, routes, upstreams, limits; certificates reload now)");
+    }
+    if format!("{:?}", new.authn) != format!("{:?}", running.authn) {
+        restart.push("authn");
+    }
+    if let Some(e) = &shared.enforcer {
+        e.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_program_config(program_config(&new))?;
+    }
     if !restart.is_empty() {
         warn!(settings = ?restart, "SIGHUP: these changes take effect at the next restart");
     }
@@ -89,20 +100,34 @@ fn reload(shared: &Shared, running: &Config, r: &Reload) -> Result<Config> {
     Ok(new)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads `reload.path`.
-pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
-    let mut config = config;
-    if !is_root() {
-        bail!(
-            "ztag run must run as root: it loads eBPF programs, pins them under {} and binds {}",
-            config.xdp.pin_dir.display(),
-            config.admin.socket.display()
-        );
+/// Raises the soft open-files limit to the hard one: every client and
+/// upstream connection is a descriptor.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
     }
+}
+
+/// The kernel plane: program loaded and attached, lists restored.
+struct Kernel {
+    enforcer: Enforcer,
+    interfaces: Vec<(String, String)>,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+}
+
+fn start_kernel(config: &Config) -> Result<Kernel> {
     let db = StateDb::open(&config.state.dir)
         .with_context(|| format!("opening the state DB in {}", config.state.dir.display()))?;
     let plane = Plane::load(&config.xdp.pin_dir).context("loading the XDP/TC program")?;
-    let base = program_config(&config);
+    let base = program_config(config);
     let mut enforcer = Enforcer::new(db, plane, base);
     let restored = enforcer
         .reconcile()
@@ -136,13 +161,48 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             }
         });
     }
+    Ok(Kernel {
+        enforcer,
+        interfaces,
+        events,
+    })
+}
 
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads `reload.path`.
+pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
+    let mut config = config;
+    if config.xdp.enabled && !is_root() {
+        bail!(
+            "ztag run must run as root: it loads eBPF programs, pins them under {} and binds {} \
+             (xdp.enabled = false runs the gateway alone)",
+            config.xdp.pin_dir.display(),
+            config.admin.socket.display()
+        );
+    }
+    raise_nofile();
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+
+    // The gateway is built first: bad certificates or keys fail the start
+    // before anything is attached.
+    let authn = Authn::build(&config.authn, &config.base_dir, metrics.registry())
+        .await
+        .map_err(StartError)?;
+    let gateway = Gateway::new(&config.gateway, authn, metrics.registry())?;
+    let bound = gateway.bind()?;
+
+    let (enforcer, interfaces, events) = if config.xdp.enabled {
+        let k = start_kernel(&config)?;
+        (Some(Mutex::new(k.enforcer)), k.interfaces, k.events)
+    } else {
+        info!("xdp.enabled = false: running the gateway without the kernel plane");
+        (None, Vec::new(), None)
+    };
     let shared = Arc::new(Shared {
-        enforcer: Mutex::new(enforcer),
+        enforcer,
         events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
         interfaces,
     });
-    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    gateway.serve(bound);
 
     let listener = admin::bind(&config.admin.socket)
         .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;
@@ -165,7 +225,7 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         });
     }
 
-    {
+    if shared.enforcer.is_some() {
         let s = shared.clone();
         let every = config.xdp.sweep_interval;
         tokio::spawn(async move {
@@ -174,8 +234,9 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             loop {
                 tick.tick().await;
                 let s = s.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    s.enforcer.lock().unwrap_or_else(|p| p.into_inner()).sweep()
+                let r = tokio::task::spawn_blocking(move || match &s.enforcer {
+                    Some(e) => e.lock().unwrap_or_else(|p| p.into_inner()).sweep(),
+                    None => Ok(0),
                 })
                 .await;
                 match r {
@@ -198,7 +259,10 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             _ = hup.recv() => match &reload_from {
                 None => warn!("SIGHUP: running on the embedded configuration, nothing to reload (start with --config FILE)"),
                 Some(r) => match reload(&shared, &config, r) {
-                    Ok(new) => config = new,
+                    Ok(new) => {
+                        gateway.reload_tls(true);
+                        config = new;
+                    }
                     Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
                 },
             },
@@ -257,12 +321,14 @@ async fn read_events(
             continue;
         }
         metrics.drop_events.inc_by(batch.len() as u64);
-        let names = shared
-            .enforcer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .plane()
-            .interface_names();
+        let names = match &shared.enforcer {
+            Some(e) => e
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .plane()
+                .interface_names(),
+            None => Default::default(),
+        };
         let (now, boot) = (now_ms(), boottime_ns());
         let mut recent = shared.events.lock().unwrap_or_else(|p| p.into_inner());
         for ev in batch {

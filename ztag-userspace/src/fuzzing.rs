@@ -29,6 +29,67 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// `normalize_path`: never panics; what it accepts is a fixed point that
+/// starts with `/` and holds no `//`, `/./`, `/../` or trailing dot segment,
+/// returned borrowed when unchanged; `keep` accepts whatever `reject` does,
+/// with the same result.
+pub fn path(data: &[u8]) {
+    use std::borrow::Cow;
+
+    use crate::proxy::normalize::{EncodedSlash, normalize_path};
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let rejected = normalize_path(s, EncodedSlash::Reject);
+    let kept = normalize_path(s, EncodedSlash::Keep);
+    if let Ok(r) = &rejected {
+        assert_eq!(
+            kept.as_ref().ok(),
+            Some(r),
+            "{s:?}: keep differs from reject"
+        );
+    }
+    for (mode, out) in [(EncodedSlash::Reject, rejected), (EncodedSlash::Keep, kept)] {
+        let Ok(once) = out else { continue };
+        if let Cow::Borrowed(b) = &once {
+            assert_eq!(*b, s, "{s:?}: borrowed but changed");
+        } else {
+            assert_ne!(&*once, s, "{s:?}: allocated for no change");
+        }
+        assert!(once.starts_with('/'), "{s:?} -> {once:?}");
+        for bad in ["//", "/./", "/../"] {
+            assert!(!once.contains(bad), "{s:?} -> {once:?} holds {bad:?}");
+        }
+        assert!(
+            !once.ends_with("/.") && !once.ends_with("/.."),
+            "{s:?} -> {once:?}"
+        );
+        match normalize_path(&once, mode) {
+            Ok(Cow::Borrowed(t)) => assert_eq!(t, &*once),
+            other => panic!("{s:?} -> {once:?} -> {other:?}: not a fixed point"),
+        }
+    }
+}
+
+/// Bearer tokens: the strict compact-JWS parser and the JWT verifier never
+/// panic; what parses is at most 16 KiB of base64url in exactly three
+/// segments; and no input verifies against keys whose private halves the
+/// fuzzer does not have.
+pub fn jwt(data: &[u8]) {
+    crate::authn::fuzz_token(data);
+}
+
+/// The HTTP/1 smuggling scanner: never panics, and what it reports does
+/// not depend on how the bytes were split into reads.
+pub fn h1scan(data: &[u8]) {
+    use crate::proxy::h1scan::H1Scanner;
+    let whole = H1Scanner::new(4096).feed(data);
+    let split = data.first().map_or(1, |b| (*b as usize % 7) + 1);
+    let mut s = H1Scanner::new(4096);
+    let pieces = data.chunks(split).find_map(|c| s.feed(c));
+    assert_eq!(whole, pieces, "split every {split} bytes");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +118,24 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn h1scan_target_holds_on_seeds_and_random_input() {
+        for seed in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+        ] {
+            h1scan(seed);
+        }
+        for i in inputs(
+            20_000,
+            b"GET POST/ HTTP/1.1\r\nContent-Length: 0123Transfer-Encoding: chunked\r\n\r\n",
+        ) {
+            h1scan(&i);
+        }
     }
 
     #[test]
@@ -95,6 +174,68 @@ mod tests {
         }
         for i in inputs(5_000, b"[]=\"\nxdpmoe_ \t0123.:") {
             config(&i);
+        }
+    }
+
+    #[test]
+    fn path_target_holds_on_seeds_and_random_input() {
+        for seed in [
+            "/",
+            "//admin",
+            "/admin/../public",
+            "/a/%2e%2e/admin",
+            "/a/%2E./b/",
+            "/%2F",
+            "/a%2fb/../c",
+            "/%252e%252e/",
+            "/a/b/../../..",
+            "/./",
+            "/%zz",
+            "/%4",
+            "/%00",
+            "/a\\b",
+            "*",
+            "",
+            "/caf%c3%a9/\u{e9}",
+        ] {
+            path(seed.as_bytes());
+        }
+        for i in inputs(50_000, b"/./%2eEfF5cC~a/") {
+            path(&i);
+            path(&[b"/", &i[..]].concat());
+        }
+    }
+    #[test]
+    fn jwt_target_holds_on_seeds_and_random_input() {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        let b = |s: &str| URL_SAFE_NO_PAD.encode(s);
+        let claims = b(r#"{"iss":"https://fuzz","aud":"fuzz","sub":"a","exp":99999999999}"#);
+        let seeds = [
+            format!(
+                "{}.{claims}.{}",
+                b(r#"{"alg":"EdDSA","kid":"ed"}"#),
+                "A".repeat(86)
+            ),
+            format!("{}.{claims}.{}", b(r#"{"alg":"ES256"}"#), "A".repeat(86)),
+            format!("{}.{claims}.", b(r#"{"alg":"none"}"#)),
+            format!("{}.{claims}.AAAA", b(r#"{"alg":"HS256","kid":"ed"}"#)),
+            format!("{}.{claims}.AAAA", b(r#"{"alg":"RS256","crit":["x"]}"#)),
+            format!(
+                "{}.{claims}.AAAA",
+                b(r#"{"alg":"EdDSA","jwk":{"kty":"OKP"}}"#)
+            ),
+            "..".to_string(),
+            "a.b.c.d".to_string(),
+            "Bearer x.y.z".to_string(),
+            "A".repeat(17 * 1024),
+        ];
+        for s in &seeds {
+            jwt(s.as_bytes());
+        }
+        let header = b(r#"{"alg":"EdDSA","kid":"ed"}"#);
+        for i in inputs(20_000, b"eyJhbGciOiJFZERTQSJ9.-_AQw=+/ ") {
+            jwt(&i);
+            jwt(format!("{header}.{claims}.{}", String::from_utf8_lossy(&i)).as_bytes());
         }
     }
 }

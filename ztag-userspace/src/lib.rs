@@ -3,11 +3,13 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod authn;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod proxy;
 pub mod state;
 pub mod xdp;

@@ -14,7 +14,14 @@ fn main() -> ExitCode {
         // Colours only on a terminal: log files and journals get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Runtime::new() {
+    // `run` sizes the data plane from gateway.workers (0: one per core).
+    let workers = ztag::cli::worker_threads(&cli);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("ztag");
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ztag: cannot start the async runtime: {e}");

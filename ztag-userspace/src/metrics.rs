@@ -69,6 +69,11 @@ impl Metrics {
         })
     }
 
+    /// The registry, for other modules' metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Brings the kernel-side values up to date and renders the text format.
     pub fn render(&self, shared: &Shared) -> Result<String, String> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,8 +83,8 @@ impl Metrics {
             set_counter(&self.packets.with_label_values(&l), r.packets);
             set_counter(&self.bytes.with_label_values(&l), r.bytes);
         }
-        {
-            let e = shared.enforcer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = &shared.enforcer {
+            let e = e.lock().unwrap_or_else(|p| p.into_inner());
             for (k, n) in e.entry_counts() {
                 self.entries.with_label_values(&[k.as_str()]).set(n as i64);
             }

@@ -49,8 +49,9 @@ pub struct EventView {
 
 /// What the daemon shares with the admin API and the metrics endpoint.
 pub struct Shared {
-    /// Lists, maps and DB.
-    pub enforcer: Mutex<Enforcer>,
+    /// Lists, maps and DB; `None` when the kernel plane is disabled
+    /// (`xdp.enabled = false`).
+    pub enforcer: Option<Mutex<Enforcer>>,
     /// Recent sampled drop events, newest last.
     pub events: Mutex<VecDeque<EventView>>,
     /// Attachments as "iface (mode)" strings, for health.
@@ -173,6 +174,7 @@ fn list_error(e: ListError) -> Resp {
         ListError::BadInput(_) | ListError::BadLines(_) => StatusCode::BAD_REQUEST,
         ListError::NotFound(..) => StatusCode::NOT_FOUND,
         ListError::State(_) | ListError::Xdp(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ListError::Disabled => StatusCode::SERVICE_UNAVAILABLE,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         warn!("admin request failed: {e}");
@@ -213,7 +215,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
         (Method::GET, ["v1", "lists", kind]) => match ListKind::parse(kind) {
             None => error(StatusCode::NOT_FOUND, format!("no list {kind:?}")),
             Some(k) => {
-                let r = lock(&shared).list(Some(k));
+                let r = lock(&shared).and_then(|e| e.list(Some(k)));
                 match r {
                     Ok(v) => json(StatusCode::OK, &v),
                     Err(e) => list_error(e),
@@ -235,7 +237,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
                         ttl: a.ttl_secs.map(Duration::from_secs),
                         reason: a.reason,
                     };
-                    let r = lock(&shared).add(k, &a.cidr, &spec);
+                    let r = lock(&shared).and_then(|mut e| e.add(k, &a.cidr, &spec));
                     match r {
                         Ok(v) => json(StatusCode::CREATED, &v),
                         Err(e) => list_error(e),
@@ -254,7 +256,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
             match serde_json::from_slice::<RemoveRequest>(&b) {
                 Err(e) => error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
                 Ok(r) => {
-                    let res = lock(&shared).remove(k, &r.cidr);
+                    let res = lock(&shared).and_then(|mut e| e.remove(k, &r.cidr));
                     match res {
                         Ok(()) => json(StatusCode::OK, &serde_json::json!({"removed": r.cidr})),
                         Err(e) => list_error(e),
@@ -290,7 +292,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
             let started = std::time::Instant::now();
             let shared2 = shared.clone();
             let r = tokio::task::spawn_blocking(move || {
-                lock(&shared2).import(k, &text, &AddSpec { ttl, reason })
+                lock(&shared2).and_then(|mut e| e.import(k, &text, &AddSpec { ttl, reason }))
             })
             .await;
             match r {
@@ -328,15 +330,22 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
     Ok(resp)
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Enforcer> {
+fn lock(shared: &Shared) -> Result<std::sync::MutexGuard<'_, Enforcer>, ListError> {
     // A panic while holding the lock leaves the maps and DB consistent (each
     // step commits only after both agree), so a poisoned lock is usable.
-    shared.enforcer.lock().unwrap_or_else(|p| p.into_inner())
+    match &shared.enforcer {
+        Some(e) => Ok(e.lock().unwrap_or_else(|p| p.into_inner())),
+        None => Err(ListError::Disabled),
+    }
 }
 
 /// Counter rows per interface, action and reason.
 pub fn stats(shared: &Shared) -> Result<Vec<StatRow>, ListError> {
-    let e = lock(shared);
+    let e = match lock(shared) {
+        Ok(e) => e,
+        Err(ListError::Disabled) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let counters = e.plane().counters()?;
     let names = e.plane().interface_names();
     let mut rows = Vec::new();

@@ -32,6 +32,11 @@ pub enum ListError {
     /// The kernel maps failed (500).
     #[error(transparent)]
     Xdp(#[from] XdpError),
+    /// The daemon runs without the kernel plane (503).
+    #[error(
+        "the kernel plane is disabled on this gateway (xdp.enabled = false): no lists to manage"
+    )]
+    Disabled,
 }
 
 impl From<rusqlite::Error> for ListError {

@@ -1,0 +1,1079 @@
+//! The L7 data plane: listeners (plain and TLS), HTTP/1.1 and HTTP/2 with
+//! hyper, limits, path normalisation, routing, authentication, upstream
+//! pools, header hygiene, access log and metrics.
+//!
+//! A request goes through the phases of ARCHITECTURE.md, in this order
+//! (see [`Gateway::proxy`]); each phase either lets it go on or answers:
+//!
+//! 1. accept — connection limits (total, per source) before any TLS work;
+//! 2. tls — handshake under `header_read_timeout`, SNI picks the certificate;
+//! 3. http — hyper reads the head under size and time limits; ambiguous
+//!    framing is refused; a declared body over the limit is refused early;
+//! 4. route — the path is normalised once; routing, policy and the upstream
+//!    all see that one form;
+//! 5. authenticate — the route's providers in order, then its scope and
+//!    claim requirements; nothing is public unless the route says so;
+//! 6. upstream — peer choice, timeouts, passive health, a retry only for a
+//!    bodiless idempotent request whose connection never opened;
+//! 7. record — access log and metrics, for every answer including ztag's own.
+
+pub mod access_log;
+pub mod config;
+pub mod h1scan;
+pub mod headers;
+mod metrics;
+pub mod normalize;
+pub mod route;
+pub mod tls;
+pub mod upstream;
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{self, HeaderName},
+};
+use http_body_util::{BodyExt, Empty, Full, Limited, combinators::UnsyncBoxBody};
+use hyper::{
+    body::{Body, Incoming},
+    service::service_fn,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, info, warn};
+
+use self::{
+    access_log::AccessLog,
+    config::{GatewayConfig, ListenerConfig},
+    headers::FramingError,
+    metrics::HttpMetrics,
+    normalize::PathError,
+    tls::TlsState,
+    upstream::{Pool, UpBody},
+};
+use crate::authn::{self, Authn, AuthnError, Credentials, MethodSet, Principal};
+
+/// Body of the responses ztag sends to clients.
+pub type RespBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Why ztag answered a request itself. Each variant is one status and one
+/// `reason()` (metric label and access-log field); clients see only the
+/// category.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Ambiguous or invalid request framing.
+    #[error("bad framing: {0}")]
+    Framing(#[from] FramingError),
+    /// The path cannot be normalised safely.
+    #[error("bad path: {0}")]
+    Path(#[from] PathError),
+    /// HTTP/1.1 without Host, or a malformed one.
+    #[error("missing or invalid host")]
+    BadHost,
+    /// No route matches.
+    #[error("no route")]
+    NoRoute,
+    /// The declared or streamed body is over `max_body_bytes`.
+    #[error("body too large")]
+    BodyTooLarge,
+    /// Authentication failed or the principal lacks a requirement.
+    #[error("authentication: {0}")]
+    Authn(#[from] AuthnError),
+    /// Every peer of the pool is ejected.
+    #[error("no healthy upstream peer")]
+    NoPeer,
+    /// The upstream refused or reset the connection.
+    #[error("upstream connect failed")]
+    UpstreamConnect,
+    /// The upstream connection did not open in time.
+    #[error("upstream connect timeout")]
+    UpstreamConnectTimeout,
+    /// The upstream response head did not arrive in time.
+    #[error("upstream response timeout")]
+    UpstreamTimeout,
+    /// The upstream broke the exchange.
+    #[error("upstream error")]
+    UpstreamProtocol,
+    /// The request could not be rebuilt for the upstream (a bug).
+    #[error("internal error")]
+    Internal,
+}
+
+impl ProxyError {
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Framing(e) => e.status(),
+            ProxyError::Path(e) => e.status(),
+            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Authn(e) => e.status(),
+            ProxyError::NoPeer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Metric label and log field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::Framing(e) => e.reason(),
+            ProxyError::Path(e) => e.reason(),
+            ProxyError::BadHost => "bad_host",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::Authn(e) => e.reason(),
+            ProxyError::NoPeer => "no_healthy_peer",
+            ProxyError::UpstreamConnect => "upstream_connect",
+            ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamProtocol => "upstream_protocol",
+            ProxyError::Internal => "internal",
+        }
+    }
+
+    /// What the client is told: a category, never internals.
+    fn category(&self) -> &'static str {
+        match self {
+            ProxyError::Framing(_) | ProxyError::Path(_) | ProxyError::BadHost => "bad_request",
+            ProxyError::NoRoute => "not_found",
+            ProxyError::BodyTooLarge => "payload_too_large",
+            ProxyError::Authn(AuthnError::InsufficientScope(_)) => "forbidden",
+            ProxyError::Authn(_) => "unauthorized",
+            ProxyError::NoPeer => "service_unavailable",
+            ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => "bad_gateway",
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => "gateway_timeout",
+            ProxyError::Internal => "internal_error",
+        }
+    }
+
+    fn response(&self) -> Response<RespBody> {
+        let body = format!("{{\"error\":\"{}\"}}\n", self.category());
+        let mut r = Response::new(full(body));
+        *r.status_mut() = self.status();
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::Authn(e) = self {
+            h.insert(header::WWW_AUTHENTICATE, e.www_authenticate());
+        }
+        // After a framing error the connection's byte stream cannot be
+        // trusted: close it.
+        if matches!(self, ProxyError::Framing(_)) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> RespBody {
+    Full::new(s.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Loads every certificate, key and CA file the gateway config names,
+/// without binding or connecting: what `ztag check-config` adds to parsing.
+pub fn check_files(cfg: &GatewayConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    for l in &cfg.listeners {
+        if let Some(t) = &l.tls
+            && let Err(e) = tls::server_config(t)
+        {
+            problems.push(e.to_string());
+        }
+    }
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        if let Err(e) = Pool::new(i, u, cfg.limits.upstream_connect_timeout) {
+            problems.push(e.to_string());
+        }
+    }
+    problems
+}
+
+/// Why the gateway could not start: one line per problem, with key paths.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway cannot start:\n  {}", .0.join("\n  "))]
+pub struct StartError(pub Vec<String>);
+
+struct RouteRt {
+    methods: MethodSet,
+}
+
+struct Listener {
+    cfg: ListenerConfig,
+    tls: Option<TlsState>,
+}
+
+/// The running gateway.
+pub struct Gateway {
+    cfg: GatewayConfig,
+    authn: Arc<Authn>,
+    routes: Vec<RouteRt>,
+    pools: Vec<Pool>,
+    listeners: Vec<Listener>,
+    metrics: HttpMetrics,
+    log: AccessLog,
+    open: AtomicUsize,
+    per_source: DashMap<IpAddr, usize>,
+    http: auto::Builder<TokioExecutor>,
+    epoch: Instant,
+}
+
+/// Per-connection facts the request phases need.
+struct Conn {
+    listener: usize,
+    peer: SocketAddr,
+    tls: bool,
+    client_cert: Option<Vec<u8>>,
+    clock: Arc<Clock>,
+}
+
+/// A connection's timers, kept by its IO and its requests, read by the
+/// watchdog in `serve_http`.
+struct Clock {
+    epoch: Instant,
+    /// Requests being handled (the idle and header timers run at zero).
+    inflight: AtomicUsize,
+    /// Last read or write, ms since the epoch.
+    last_io: AtomicU64,
+    /// When the first byte of a request head arrived (0: none pending).
+    head_since: AtomicU64,
+    /// HTTP/1: bytes between requests start a head. HTTP/2 connections
+    /// carry frames (PING, SETTINGS) between requests, so only idle applies.
+    h1: bool,
+    /// Set by the IO's [`h1scan::H1Scanner`]: a head with ambiguous framing
+    /// arrived (1 + the FramingError's index; 0: none).
+    ambiguous: std::sync::atomic::AtomicU8,
+}
+
+impl Clock {
+    fn new(epoch: Instant, h1: bool) -> Arc<Clock> {
+        Arc::new(Clock {
+            epoch,
+            inflight: AtomicUsize::new(0),
+            last_io: AtomicU64::new(epoch.elapsed().as_millis() as u64 + 1),
+            head_since: AtomicU64::new(0),
+            h1,
+            ambiguous: std::sync::atomic::AtomicU8::new(0),
+        })
+    }
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+    fn read(&self) {
+        let now = self.now();
+        self.last_io.store(now, Ordering::Relaxed);
+        if self.h1
+            && self.inflight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(now, Ordering::Relaxed);
+        }
+    }
+    fn wrote(&self) {
+        self.last_io.store(self.now(), Ordering::Relaxed);
+    }
+    fn request_started(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+    }
+    fn flag(&self, a: FramingError) {
+        let v = match a {
+            FramingError::ContentLengthWithTransferEncoding => 1,
+            _ => 2,
+        };
+        self.ambiguous.store(v, Ordering::Relaxed);
+    }
+    fn ambiguity(&self) -> Option<FramingError> {
+        match self.ambiguous.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some(FramingError::ContentLengthWithTransferEncoding),
+            _ => Some(FramingError::DuplicateContentLength),
+        }
+    }
+    fn request_done(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the record phase needs to know about a request.
+#[derive(Default)]
+struct Record {
+    route: Option<usize>,
+    reason: Option<&'static str>,
+    principal: Option<Arc<Principal>>,
+    upstream: Option<Arc<upstream::Peer>>,
+    method: Option<Method>,
+    version: Option<Version>,
+    host: Option<String>,
+    path: Option<String>,
+    client: Option<IpAddr>,
+}
+
+/// Holds one connection slot (total and per source) until dropped.
+struct Slot {
+    gw: Arc<Gateway>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gw.open.fetch_sub(1, Ordering::Relaxed);
+        if let dashmap::Entry::Occupied(mut e) = self.gw.per_source.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Builds the runtime gateway: certificates, upstream clients, metrics.
+    pub fn new(
+        cfg: &GatewayConfig,
+        authn: Arc<Authn>,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Gateway>, StartError> {
+        let mut problems = Vec::new();
+        let mut routes = Vec::new();
+        for (i, r) in cfg.routes.iter().enumerate() {
+            match authn.resolve(&r.authenticate) {
+                Ok(m) => routes.push(RouteRt { methods: m }),
+                Err(e) => {
+                    problems.push(format!("gateway.route[{i}].authenticate: {e}"));
+                    routes.push(RouteRt {
+                        methods: MethodSet::default(),
+                    });
+                }
+            }
+        }
+        let mut pools = Vec::new();
+        for (i, u) in cfg.upstreams.iter().enumerate() {
+            match Pool::new(i, u, cfg.limits.upstream_connect_timeout) {
+                Ok(p) => pools.push(p),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let mut listeners = Vec::new();
+        for l in &cfg.listeners {
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => match TlsState::new(t.clone()) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        problems.push(e.to_string());
+                        None
+                    }
+                },
+            };
+            listeners.push(Listener {
+                cfg: l.clone(),
+                tls,
+            });
+        }
+        let metrics = match HttpMetrics::new(registry) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(StartError(vec![format!(
+                    "registering gateway metrics: {e}"
+                )]));
+            }
+        };
+        let log = match AccessLog::start(&cfg.access_log, metrics.access_log_dropped.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(format!("gateway.access_log: {e}"));
+                AccessLog::start(
+                    &config::AccessLogTarget::Off,
+                    metrics.access_log_dropped.clone(),
+                )
+                .map_err(|e| StartError(vec![e.to_string()]))?
+            }
+        };
+        if !problems.is_empty() {
+            return Err(StartError(problems));
+        }
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            // hyper's own header timer also runs while a keep-alive
+            // connection waits for its next request, which would make the
+            // idle timeout the header timeout; the connection watchdog
+            // (`serve_http`) applies both instead.
+            .header_read_timeout(None)
+            .max_buf_size(cfg.limits.max_header_bytes.max(8192))
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(cfg.limits.max_header_bytes as u32)
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(60)));
+        Ok(Arc::new(Gateway {
+            cfg: cfg.clone(),
+            authn,
+            routes,
+            pools,
+            listeners,
+            metrics,
+            log,
+            open: AtomicUsize::new(0),
+            per_source: DashMap::new(),
+            http,
+            epoch: Instant::now(),
+        }))
+    }
+
+    /// Binds every listener (errors name the listener), before anything is
+    /// served, so a daemon that cannot bind fails at start.
+    pub fn bind(&self) -> Result<Vec<TcpListener>, StartError> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            match bind(l.cfg.bind) {
+                Ok(s) => out.push(s),
+                Err(e) => problems.push(format!(
+                    "gateway.listener[{i}].bind: cannot listen on {}: {e}",
+                    l.cfg.bind
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(StartError(problems))
+        }
+    }
+
+    /// Serves the bound listeners (in the same order as [`Gateway::bind`]).
+    pub fn serve(self: &Arc<Self>, bound: Vec<TcpListener>) {
+        for (i, l) in bound.into_iter().enumerate() {
+            let gw = self.clone();
+            info!(
+                listener = %self.listeners[i].cfg.name,
+                addr = %self.listeners[i].cfg.bind,
+                tls = self.listeners[i].tls.is_some(),
+                "gateway listening"
+            );
+            tokio::spawn(async move { gw.accept_loop(i, l).await });
+        }
+        // Certificates change on disk (renewal): pick them up without a
+        // restart; open connections keep the ones they started with.
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                gw.reload_tls(false);
+            }
+        });
+    }
+
+    /// Reloads changed certificates (every listener's with `force`). A
+    /// listener whose new files do not load keeps its running ones.
+    pub fn reload_tls(&self, force: bool) {
+        for l in &self.listeners {
+            if let Some(t) = &l.tls {
+                match t.reload(force) {
+                    Ok(true) => info!(listener = %l.cfg.name, "TLS certificates reloaded"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(listener = %l.cfg.name, "TLS certificates not reloaded, the running ones stay: {e}")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a connection slot, or `None` (with the reason) over a limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let limits = &self.cfg.limits;
+        if self.open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err("max_connections");
+        }
+        let mut e = self.per_source.entry(ip).or_insert(0);
+        if *e >= limits.max_connections_per_source {
+            drop(e);
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err("max_connections_per_source");
+        }
+        *e += 1;
+        drop(e);
+        Ok(Slot {
+            gw: self.clone(),
+            ip,
+        })
+    }
+
+    async fn accept_loop(self: Arc<Self>, idx: usize, listener: TcpListener) {
+        let name = self.listeners[idx].cfg.name.clone();
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(listener = %name, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let slot = match self.admit(peer.ip()) {
+                Ok(s) => s,
+                Err(why) => {
+                    self.metrics.refused(&name, why);
+                    debug!(listener = %name, %peer, why, "connection refused");
+                    drop(stream);
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let gw = self.clone();
+            tokio::spawn(async move {
+                gw.connection(idx, stream, peer).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, idx: usize, stream: TcpStream, peer: SocketAddr) {
+        let l = &self.listeners[idx];
+        let gauge = self.metrics.open(&l.cfg.name);
+        match &l.tls {
+            None => {
+                // Plain listeners are taken as HTTP/1 for the header timer
+                // (an h2c client that idles with PINGs is cut after
+                // header_read_timeout; TLS clients negotiate h2 by ALPN).
+                let clock = Clock::new(self.epoch, true);
+                let conn = Arc::new(Conn {
+                    listener: idx,
+                    peer,
+                    tls: false,
+                    client_cert: None,
+                    clock: clock.clone(),
+                });
+                let io = IdleIo::new(stream, clock, self.cfg.limits.max_header_bytes);
+                self.serve_http(conn, io).await;
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let hs = tokio::time::timeout(
+                    self.cfg.limits.header_read_timeout,
+                    acceptor.accept(stream),
+                )
+                .await;
+                let s = match hs {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        self.metrics.handshake(&l.cfg.name, "error", "-");
+                        debug!(listener = %l.cfg.name, %peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        self.metrics.handshake(&l.cfg.name, "timeout", "-");
+                        debug!(listener = %l.cfg.name, %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let (_, session) = s.get_ref();
+                let version = match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "other",
+                };
+                self.metrics.handshake(&l.cfg.name, "ok", version);
+                let client_cert = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec());
+                let h1 = session.alpn_protocol() != Some(b"h2");
+                let clock = Clock::new(self.epoch, h1);
+                let conn = Arc::new(Conn {
+                    listener: idx,
+                    peer,
+                    tls: true,
+                    client_cert,
+                    clock: clock.clone(),
+                });
+                let io = IdleIo::new(s, clock, self.cfg.limits.max_header_bytes);
+                self.serve_http(conn, io).await;
+            }
+        }
+        drop(gauge);
+    }
+
+    async fn serve_http<I>(self: &Arc<Self>, conn: Arc<Conn>, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let gw = self.clone();
+        let c = conn.clone();
+        let svc = service_fn(move |req| {
+            let gw = gw.clone();
+            let c = c.clone();
+            async move { Ok::<_, Infallible>(gw.handle(&c, req).await) }
+        });
+        let http = self.http.clone();
+        let served = http.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(served);
+        let idle = self.cfg.limits.idle_timeout.as_millis() as u64;
+        let head = self.cfg.limits.header_read_timeout.as_millis() as u64;
+        let check = (self
+            .cfg
+            .limits
+            .header_read_timeout
+            .min(self.cfg.limits.idle_timeout)
+            / 4)
+        .max(Duration::from_millis(50));
+        let clock = &conn.clock;
+        loop {
+            tokio::select! {
+                r = served.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(peer = %conn.peer, "connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(check) => {
+                    if clock.inflight.load(Ordering::Relaxed) != 0 {
+                        continue;
+                    }
+                    let now = clock.now();
+                    let since = clock.head_since.load(Ordering::Relaxed);
+                    if since != 0 && now.saturating_sub(since) >= head {
+                        // Slowloris: a request head that does not finish.
+                        // No graceful close: the peer is not reading.
+                        self.metrics.denied("header_read_timeout");
+                        debug!(peer = %conn.peer, "request head not complete within header_read_timeout");
+                        return;
+                    }
+                    if now.saturating_sub(clock.last_io.load(Ordering::Relaxed)) >= idle {
+                        debug!(peer = %conn.peer, "idle timeout");
+                        served.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), served.as_mut()).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<RespBody> {
+        let start = Instant::now();
+        conn.clock.request_started();
+        let mut rec = Record::default();
+        let resp = match self.proxy(conn, req, &mut rec).await {
+            Ok(r) => r,
+            Err(e) => {
+                rec.reason = Some(e.reason());
+                if e.status().is_server_error() {
+                    debug!(peer = %conn.peer, reason = e.reason(), "{e}");
+                }
+                e.response()
+            }
+        };
+        conn.clock.request_done();
+        self.record(conn, &rec, resp.status(), start);
+        resp
+    }
+
+    /// The request phases, in order. `Err` is ztag's own answer.
+    async fn proxy(
+        &self,
+        conn: &Conn,
+        req: Request<Incoming>,
+        rec: &mut Record,
+    ) -> Result<Response<RespBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let logging = self.log.enabled();
+        if logging {
+            rec.method = Some(parts.method.clone());
+            rec.version = Some(parts.version);
+            // Until normalised: the raw path, so refusals show what came in.
+            rec.path = Some(parts.uri.path().to_owned());
+        }
+
+        // http: framing (what hyper normalised away included), then a
+        // declared body over the limit.
+        if let Some(a) = conn.clock.ambiguity() {
+            return Err(a.into());
+        }
+        headers::check_framing(&parts.headers, parts.version)?;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.cfg.limits.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+
+        // route: one normalised path for routing, policy and upstream.
+        let host = request_host(&parts.uri, &parts.headers, parts.version)?.to_owned();
+        let host = host.as_str();
+        let host_l = route::host_only(host);
+        if logging {
+            rec.host = Some(host_l.clone());
+        }
+        let path = normalize::normalize_path(parts.uri.path(), self.cfg.encoded_slash)?;
+        if logging {
+            rec.path = Some(path.to_string());
+        }
+        let (ri, route) = route::find(&self.cfg.routes, &host_l, &path, &parts.method)
+            .ok_or(ProxyError::NoRoute)?;
+        rec.route = Some(ri);
+
+        // authenticate: the route's providers, then its requirements.
+        let principal = if route.public {
+            None
+        } else {
+            let creds = Credentials {
+                authorization: parts.headers.get(header::AUTHORIZATION),
+                client_cert: conn.client_cert.as_deref(),
+            };
+            let p = self
+                .authn
+                .authenticate(&self.routes[ri].methods, creds)
+                .await?;
+            rec.principal = Some(p.clone());
+            authn::check_requirements(&p, &route.require_scopes, &route.require_claims)?;
+            Some(p)
+        };
+
+        // upstream: rebuild the head for the peer.
+        let pool = &self.pools[route.upstream];
+        let trusted = self.is_trusted(conn.peer.ip());
+        let client_ip =
+            headers::client_address(&parts.headers, conn.peer.ip(), |ip| self.is_trusted(ip));
+        rec.client = Some(client_ip);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_internal(&mut parts.headers, "x-ztag-");
+        for h in [
+            &self.cfg.identity_headers.subject,
+            &self.cfg.identity_headers.client_id,
+            &self.cfg.identity_headers.scopes,
+        ] {
+            parts.headers.remove(h);
+        }
+        let proto = if conn.tls { "https" } else { "http" };
+        headers::set_forwarded(
+            &mut parts.headers,
+            conn.peer.ip(),
+            proto,
+            Some(host),
+            trusted,
+        );
+        if let Some(p) = &principal {
+            self.identity(&mut parts.headers, p);
+        }
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        if pool.h2 {
+            parts.headers.remove(header::HOST);
+        } else if !parts.headers.contains_key(header::HOST) {
+            // An HTTP/2 client gave :authority; HTTP/1.1 upstreams want Host.
+            let v = HeaderValue::from_str(host).map_err(|_| ProxyError::BadHost)?;
+            parts.headers.insert(header::HOST, v);
+        }
+        parts.version = if pool.h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+
+        let bodiless = body.is_end_stream();
+        let retryable = bodiless && is_idempotent(&parts.method);
+        let limit = self.cfg.limits.max_body_bytes as usize;
+        let mut body: Option<UpBody> = Some(if bodiless {
+            Empty::new().map_err(|never| match never {}).boxed_unsync()
+        } else {
+            Limited::new(body, limit).boxed_unsync()
+        });
+
+        let mut avoid: Option<Arc<upstream::Peer>> = None;
+        for attempt in 0..2 {
+            let lease = pool.pick(avoid.as_ref()).ok_or(ProxyError::NoPeer)?;
+            rec.upstream = Some(lease.peer.clone());
+            let uri: Uri = format!("{}{}", lease.peer.base, path_and_query)
+                .parse()
+                .map_err(|_| ProxyError::Internal)?;
+            let b = match body.take() {
+                Some(b) => b,
+                None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            };
+            let mut up = Request::new(b);
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.version_mut() = parts.version;
+            *up.headers_mut() = if attempt == 0 && !retryable {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let sent = tokio::time::timeout(
+                self.cfg.limits.upstream_response_timeout,
+                pool.client().request(up),
+            )
+            .await;
+            let res = match sent {
+                Err(_) => {
+                    self.peer_failed(pool, &lease.peer);
+                    return Err(ProxyError::UpstreamTimeout);
+                }
+                Ok(r) => r,
+            };
+            match res {
+                Ok(mut resp) => {
+                    let s = resp.status();
+                    let bad = matches!(s.as_u16(), 502..=504);
+                    if bad {
+                        self.peer_failed(pool, &lease.peer);
+                    } else {
+                        pool.record(&lease.peer, true);
+                    }
+                    headers::strip_hop_by_hop(resp.headers_mut());
+                    let resp = resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed_unsync());
+                    // The lease (outstanding count) ends with the head: the
+                    // body streams on its own.
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    if body_too_large(&e) {
+                        return Err(ProxyError::BodyTooLarge);
+                    }
+                    let connect = e.is_connect();
+                    self.peer_failed(pool, &lease.peer);
+                    debug!(upstream = %pool.name, peer = %lease.peer.addr, "upstream error: {e:?}");
+                    if connect && retryable && attempt == 0 && pool.peers.len() > 1 {
+                        avoid = Some(lease.peer.clone());
+                        continue;
+                    }
+                    return Err(if !connect {
+                        ProxyError::UpstreamProtocol
+                    } else if is_timeout(&e) {
+                        ProxyError::UpstreamConnectTimeout
+                    } else {
+                        ProxyError::UpstreamConnect
+                    });
+                }
+            }
+        }
+        Err(ProxyError::UpstreamConnect)
+    }
+
+    fn peer_failed(&self, pool: &Pool, peer: &upstream::Peer) {
+        if pool.record(peer, false) {
+            warn!(upstream = %pool.name, peer = %peer.addr, "peer ejected after repeated failures");
+            self.metrics.ejected(&pool.name, &peer.addr);
+        }
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        !self.cfg.trusted_proxies.is_empty()
+            && self.cfg.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    fn identity(&self, h: &mut HeaderMap, p: &Principal) {
+        let names = &self.cfg.identity_headers;
+        let set = |h: &mut HeaderMap, name: &HeaderName, v: &str| {
+            // A claim that cannot be a header value is not forwarded rather
+            // than mangled; the upstream sees the header missing.
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(name.clone(), v);
+            }
+        };
+        set(h, &names.subject, &p.subject);
+        if let Some(c) = &p.client_id {
+            set(h, &names.client_id, c);
+        }
+        if !p.scopes.is_empty() {
+            set(h, &names.scopes, &p.scopes.join(" "));
+        }
+    }
+
+    fn record(&self, conn: &Conn, rec: &Record, status: StatusCode, start: Instant) {
+        let elapsed = start.elapsed();
+        let route = rec
+            .route
+            .map(|i| self.cfg.routes[i].name.as_str())
+            .unwrap_or("-");
+        let listener = self.listeners[conn.listener].cfg.name.as_str();
+        self.metrics
+            .request(listener, route, status, elapsed, rec.reason);
+        if !self.log.enabled() {
+            return;
+        }
+        let version = match rec.version {
+            Some(Version::HTTP_2) => "HTTP/2.0",
+            Some(Version::HTTP_10) => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        self.log.log(&access_log::Entry {
+            time: access_log::rfc3339(SystemTime::now() - elapsed),
+            listener,
+            peer: conn.peer.to_string(),
+            client: rec.client.unwrap_or(conn.peer.ip()).to_string(),
+            method: rec.method.as_ref().map(|m| m.as_str()).unwrap_or("-"),
+            host: rec.host.as_deref().unwrap_or("-"),
+            path: rec.path.as_deref().unwrap_or("-"),
+            version,
+            route: rec.route.map(|i| self.cfg.routes[i].name.as_str()),
+            status: status.as_u16(),
+            reason: rec.reason,
+            subject: rec.principal.as_ref().map(|p| p.subject.as_str()),
+            client_id: rec.principal.as_ref().and_then(|p| p.client_id.as_deref()),
+            upstream: rec.upstream.as_ref().map(|p| p.addr.as_str()),
+            duration_s: elapsed.as_secs_f64(),
+        });
+    }
+}
+
+/// The request's host: `:authority` (HTTP/2, absolute-form) or `Host`.
+/// HTTP/1.1 without a Host header is refused (RFC 9112 §3.2).
+fn request_host<'a>(uri: &'a Uri, h: &'a HeaderMap, v: Version) -> Result<&'a str, ProxyError> {
+    if let Some(a) = uri.authority() {
+        return Ok(a.as_str());
+    }
+    let mut hosts = h.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(one), None) => one.to_str().map_err(|_| ProxyError::BadHost),
+        (None, None) if v == Version::HTTP_10 => Ok(""),
+        _ => Err(ProxyError::BadHost),
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    chain(e).any(|e| e.is::<http_body_util::LengthLimitError>())
+}
+
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    chain(e).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.set_nodelay(true)?;
+    s.bind(addr)?;
+    // A deep backlog: bursts of new connections wait in the kernel rather
+    // than being reset; the per-source limit applies at accept.
+    s.listen(4096)
+}
+
+/// An IO that tells its connection's [`Clock`] when bytes move.
+struct IdleIo<T> {
+    inner: T,
+    clock: Arc<Clock>,
+    scan: Option<h1scan::H1Scanner>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, clock: Arc<Clock>, max_head: usize) -> Self {
+        let scan = clock.h1.then(|| h1scan::H1Scanner::new(max_head));
+        IdleIo { inner, clock, scan }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.read();
+            let me = &mut *self;
+            if let Some(scan) = &mut me.scan
+                && let Some(a) = scan.feed(&buf.filled()[before..])
+            {
+                me.clock.flag(a);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.wrote();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.wrote();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
