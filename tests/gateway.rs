@@ -1073,6 +1073,133 @@ fn dead_peer_is_502_and_failing_peer_is_ejected() {
     );
 }
 
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to the gateway's TLS listener for `HOST`, trusting the
+/// test CA (HTTP/1.1, no ALPN).
+fn tls_connect(g: &Gateway) -> TlsStream {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&g.ca_file).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(HOST).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", g.tls_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.flush().unwrap();
+    // Drive the handshake to completion so the peer certificate is known.
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s
+}
+
+fn leaf(s: &TlsStream) -> Vec<u8> {
+    s.conn.peer_certificates().unwrap()[0].as_ref().to_vec()
+}
+
+/// One keep-alive GET on an open connection; returns the status.
+fn get_on(s: &mut TlsStream, path: &str) -> u16 {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).expect("reading the response head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head[9..12].parse().unwrap()
+}
+
+#[test]
+fn certificates_reload_without_dropping_open_connections() {
+    let g = Gateway::start(Options::default());
+    let mut old = tls_connect(&g);
+    let before = leaf(&old);
+    assert_eq!(get_on(&mut old, "/public/1"), 200);
+    // Renewal: a new key and certificate for the same names, written over
+    // the files the config names; SIGHUP reloads at once (the file watcher
+    // would within 5 s).
+    g.ca.server(&[HOST, "127.0.0.1"]).write(&g.dir.0, "api");
+    let pid = g.proc.0.as_ref().expect("daemon running").id();
+    Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let after = loop {
+        let fresh = leaf(&tls_connect(&g));
+        if fresh != before {
+            break fresh;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new handshakes still get the old certificate 8 s after the renewal and SIGHUP\n{}",
+            g.log_text()
+        );
+        sleep(Duration::from_millis(200));
+    };
+    assert_ne!(after, before);
+    // The connection opened before the reload keeps working, with its
+    // certificate.
+    assert_eq!(
+        get_on(&mut old, "/public/2"),
+        200,
+        "the open connection was dropped"
+    );
+    assert_eq!(leaf(&old), before);
+    // A certificate file that does not load keeps the running one.
+    std::fs::write(g.dir.0.join("api.crt"), "not a certificate").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    sleep(Duration::from_millis(500));
+    assert_eq!(
+        leaf(&tls_connect(&g)),
+        after,
+        "a broken file replaced the running certificate"
+    );
+    assert!(
+        g.log_text().contains("not reloaded"),
+        "the failed reload should be logged:\n{}",
+        g.log_text()
+    );
+}
+
+#[test]
+fn https_upstream_is_verified_against_its_ca() {
+    let g = Gateway::start(Options::default());
+    // Through an HTTPS upstream verified against the test CA: the idp's
+    // discovery document comes back.
+    let r = g.get("/.well-known/openid-configuration", &[]);
+    expect_status(&r, 200, "https upstream with the test CA");
+    assert_eq!(r.json()["issuer"], g.idp.issuer.as_str(), "{r}");
+    // The same server against the system roots: its certificate is not
+    // trusted, so nothing is forwarded.
+    let r = g.get("/untrusted/x", &[]);
+    expect_status(&r, 502, "https upstream whose certificate is not trusted");
+}
+
 /// Reads until the peer closes (EOF or reset); returns the bytes read and
 /// when the close came, or None if it stayed open past `limit`.
 fn wait_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Option<Duration>) {

@@ -238,6 +238,21 @@ eject_for = "30s"
 name = "dead"
 peers = ["127.0.0.1:{dead_port}"]
 
+# HTTPS upstreams: the idp's server, verified against the test CA under the
+# name "localhost"; and the same server checked against the system roots,
+# which do not know the test CA.
+[[gateway.upstream]]
+name = "idp-tls"
+peers = ["{idp_addr}"]
+scheme = "https"
+ca = {ca_file}
+server_name = "localhost"
+
+[[gateway.upstream]]
+name = "idp-untrusted"
+peers = ["{idp_addr}"]
+scheme = "https"
+
 [[gateway.route]]
 name = "admin"
 path_prefix = "/admin"
@@ -268,6 +283,18 @@ public = true
 name = "dead"
 path_prefix = "/dead/"
 upstream = "dead"
+public = true
+
+[[gateway.route]]
+name = "idp-tls"
+path_prefix = "/.well-known/"
+upstream = "idp-tls"
+public = true
+
+[[gateway.route]]
+name = "idp-untrusted"
+path_prefix = "/untrusted/"
+upstream = "idp-untrusted"
 public = true
 
 [[gateway.route]]
@@ -329,6 +356,7 @@ max_entries = {cache}
             upstream = upstream.addr,
             upstream_b = upstream_b.addr,
             issuer = toml_str(&idp.issuer),
+            idp_addr = idp.addr,
             ri = o.refresh_interval,
             mri = o.min_refresh_interval,
             ms = o.max_staleness,
