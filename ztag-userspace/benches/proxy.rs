@@ -26,11 +26,14 @@
 //!   answers and socket errors during a timed run are errors in the report;
 //! * peak: wrk, one thread, 64 keep-alive TLS connections, after a 1 s
 //!   warm-up with the reuse tokens;
-//! * latency: an open-loop client (one thread and connection each, paced
-//!   with µs sleeps), the reuse tokens, at half of ztag's reuse peak of the
-//!   same round; each latency is taken from the request's scheduled send
-//!   time (coordinated omission included), and compared with the same
-//!   client straight to the upstream (plain HTTP);
+//! * latency: an open-loop client (one thread, 32 keep-alive connections,
+//!   due times handed out by a pacer thread with µs sleeps), the reuse
+//!   tokens, at half of ztag's reuse peak of the same round; each latency is
+//!   taken from the request's due time (coordinated omission included), and
+//!   compared with the same client straight to the upstream (plain HTTP);
+//! * the machine: a thread spinning 1 s on each CPU at the start and at the
+//!   end shows how much CPU the host really gives (on a VM whose host takes
+//!   CPUs away, peaks and tail latencies move with it);
 //! * memory: RSS (/proc/PID/status VmRSS) of each proxy holding 10,000
 //!   keep-alive TLS connections, each of which has made one authenticated
 //!   request;
@@ -81,7 +84,7 @@ const AUDIENCE: &str = "https://api.bench.ztag.invalid";
 const REUSE_TOKENS: usize = 1_000;
 /// wrk's keep-alive connections for the peak runs.
 const PEAK_CONNECTIONS: usize = 64;
-/// Connections (one thread each) of the fixed-rate latency client.
+/// Keep-alive connections of the fixed-rate latency client.
 const LATENCY_CONNECTIONS: usize = 32;
 /// Handshakes in flight while the memory client opens its connections.
 const RSS_OPENING_IN_FLIGHT: usize = 128;
@@ -128,10 +131,10 @@ usage: proxy [--quick] [--rounds N] [--peak-secs S] [--latency-secs S]
              [--rss-conns N] [--no-rss] [--no-latency] [--only LIST]
              [--tokens N] [--out DIR] [--ztag PATH] [--envoy PATH]
              [--nice N] [--keep]
-  --quick           1 round, 3 s peak runs, 3 s latency runs (< 3 min)
+  --quick           1 round, 2 s peak runs, 2 s latency runs (< 3 min)
   --rounds N        rounds, proxies interleaved (median reported); default 3
-  --peak-secs S     wrk run per peak figure; default 6 (quick: 3)
-  --latency-secs S  fixed-rate run per latency figure; default 5 (quick: 3)
+  --peak-secs S     wrk run per peak figure; default 5 (quick: 2)
+  --latency-secs S  fixed-rate run per latency figure; default 5 (quick: 2)
   --rss-conns N     concurrent TLS connections for the memory figure; 10000
   --no-rss          skip the memory figure
   --no-latency      skip the latency figures
@@ -155,9 +158,9 @@ fn parse_opts() -> Result<Opts> {
     let mut o = Opts {
         quick,
         rounds: if quick { 1 } else { 3 },
-        peak_secs: if quick { 3 } else { 6 },
+        peak_secs: if quick { 2 } else { 5 },
         warmup_secs: 1,
-        latency_secs: if quick { 3 } else { 5 },
+        latency_secs: if quick { 2 } else { 5 },
         rss_conns: 10_000,
         rss: true,
         latency: true,
@@ -591,9 +594,9 @@ struct Stall {
 }
 
 fn stall_probe(secs: f64) -> Vec<Stall> {
-    let cpus = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(2);
+    // Online CPUs, not this thread's affinity (it may be pinned already).
+    // SAFETY: sysconf with a valid name.
+    let cpus = (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).clamp(1, 2) as usize;
     let handles: Vec<_> = (0..cpus)
         .map(|cpu| {
             std::thread::spawn(move || {
@@ -2418,14 +2421,14 @@ fn cell_peak(res: &Results, pattern: Pattern, proxy: Proxy) -> String {
     };
     let ok = res.peak_ok(pattern, proxy);
     let mut s = if ok.is_empty() {
-        "error".to_string()
+        "no clean run".to_string()
     } else {
         let (lo, hi) = min_max(&ok);
         format!("{} ({}–{})", fmt_int(median(&ok)), fmt_int(lo), fmt_int(hi))
     };
     let bad = runs.len() - ok.len();
     if bad > 0 {
-        let _ = write!(s, " ⚠ {bad} of {} runs failed", runs.len());
+        let _ = write!(s, " ⚠ {bad} of {} runs not counted", runs.len());
     }
     s
 }
@@ -2642,7 +2645,8 @@ fn markdown(
         let _ = writeln!(
             w,
             "\n## Latency at a fixed rate\n\n{} req/s (median of the rounds' rates: {}), reuse tokens, \
-             {LATENCY_CONNECTIONS} keep-alive connections of an open-loop client (one thread each, µs-paced), \
+             {LATENCY_CONNECTIONS} keep-alive connections of an open-loop client (due times from a µs-paced \
+             pacer; a request waits for a free connection if none is), \
              {} s per run; latency from each request's scheduled send time. *direct*: the same client straight to \
              the upstream over plain HTTP. Medians over the rounds; added = proxy − direct of the same round.\n",
             fmt_int(median(&rates)),
