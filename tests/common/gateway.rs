@@ -95,14 +95,25 @@ impl Default for Options {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the daemon binds it soon
-/// after).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
+/// (32768+), so that no outgoing connection of another test can take it
+/// between this check and the daemon's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 400) as u16 * 25,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(p < 32_000, "no free port below the ephemeral range");
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A running gateway with everything it talks to.

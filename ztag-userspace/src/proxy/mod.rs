@@ -811,7 +811,8 @@ impl Gateway {
         };
 
         let bodiless = body.is_end_stream();
-        let retryable = bodiless && is_idempotent(&parts.method);
+        // Only then are the headers kept for a second attempt.
+        let retryable = bodiless && is_idempotent(&parts.method) && pool.peers.len() > 1;
         let limit = self.cfg.limits.max_body_bytes as usize;
         let mut body: Option<UpBody> = Some(if bodiless {
             Empty::new().map_err(|never| match never {}).boxed_unsync()
