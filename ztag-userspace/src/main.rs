@@ -16,9 +16,17 @@ fn main() -> ExitCode {
         .init();
     // `run` sizes the data plane from gateway.workers (0: one per core).
     let workers = ztag::cli::worker_threads(&cli);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime. Every task and the IO driver
+    // then live on the one thread, with no work-stealing bookkeeping and
+    // no cross-thread wakeups (measured: lower CPU per request and a
+    // shorter latency tail than a one-worker multi-thread runtime).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all().thread_name("ztag");
-    if workers > 0 {
+    if workers > 1 {
         builder.worker_threads(workers);
     }
     let rt = match builder.build() {
