@@ -11,7 +11,11 @@ use std::collections::HashMap;
 
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519, ParsedPublicKey,
+    RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384, RSA_PKCS1_2048_8192_SHA512,
+    RSA_PSS_2048_8192_SHA256, RSA_PSS_2048_8192_SHA384, RSA_PSS_2048_8192_SHA512,
+    VerificationAlgorithm,
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 use x509_parser::{
@@ -168,6 +172,85 @@ pub(crate) struct VerifyKey {
     /// The JWK's `alg`, when it names one: the key then verifies only that.
     alg: Option<Algorithm>,
     key: DecodingKey,
+    /// The key parsed by aws-lc once per algorithm it may verify: a verify
+    /// then skips the key parsing (and RSA's Montgomery set-up) that
+    /// jsonwebtoken's per-call path repeats.
+    parsed: Box<[(Algorithm, ParsedPublicKey)]>,
+}
+
+/// aws-lc's verification algorithm for a JWS `alg`.
+fn aws_alg(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &ED25519,
+        _ => return None,
+    })
+}
+
+const ALL_ALGS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Parses `material` (PKCS#1 DER for RSA, the point for EC, the 32 bytes
+/// for Ed25519) for every algorithm `kind` supports.
+fn parse_for(
+    kind: KeyKind,
+    material: &[u8],
+) -> Result<Box<[(Algorithm, ParsedPublicKey)]>, String> {
+    let mut out = Vec::new();
+    for alg in ALL_ALGS.into_iter().filter(|a| kind.supports(*a)) {
+        let Some(a) = aws_alg(alg) else { continue };
+        let k = ParsedPublicKey::new(a, material)
+            .map_err(|e| format!("the key does not load for {alg:?}: {e}"))?;
+        out.push((alg, k));
+    }
+    Ok(out.into_boxed_slice())
+}
+
+/// DER of a PKCS#1 RSAPublicKey: SEQUENCE { INTEGER n, INTEGER e }.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, l: usize) {
+        if l < 0x80 {
+            out.push(l as u8);
+        } else {
+            let bytes = l.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn int(out: &mut Vec<u8>, v: &[u8]) {
+        out.push(0x02);
+        let pad = v.first().is_some_and(|b| b & 0x80 != 0);
+        len(out, v.len() + pad as usize);
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    int(&mut body, n);
+    int(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.push(0x30);
+    len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 impl VerifyKey {
@@ -193,10 +276,16 @@ impl VerifyKey {
         if decoded_len(signature_b64.len()) != Some(self.kind.signature_len()) {
             return Err(reason::BAD_SIGNATURE);
         }
-        match jsonwebtoken::crypto::verify(signature_b64, signing_input, &self.key, alg) {
-            Ok(true) => Ok(()),
-            Ok(false) | Err(_) => Err(reason::BAD_SIGNATURE),
-        }
+        let Some((_, key)) = self.parsed.iter().find(|(a, _)| *a == alg) else {
+            return Err(reason::ALG_KEY_MISMATCH);
+        };
+        // RSA up to 8192 bits: 1024 bytes of signature at most.
+        let mut sig = [0u8; 1024];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(signature_b64, &mut sig)
+            .map_err(|_| reason::BAD_SIGNATURE)?;
+        key.verify_sig(signing_input, &sig[..n])
+            .map_err(|_| reason::BAD_SIGNATURE)
     }
 
     /// Whether two keys are the same material with the same id and use:
@@ -213,7 +302,10 @@ impl VerifyKey {
         material_eq && self.kid == other.kid && self.kind == other.kind && self.alg == other.alg
     }
 
-    fn rsa(n: &[u8], e: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
+    fn rsa(
+        n: &[u8],
+        e: &[u8],
+    ) -> Result<(KeyKind, DecodingKey, Box<[(Algorithm, ParsedPublicKey)]>), String> {
         let n = strip_leading_zeros(n);
         let e = strip_leading_zeros(e);
         let bits = match n.first() {
@@ -229,13 +321,15 @@ impl VerifyKey {
         if e.is_empty() || e.len() > 4 || e.last().is_some_and(|b| b & 1 == 0) || e == [1] {
             return Err("RSA public exponent is not an odd number between 3 and 2^32".into());
         }
-        Ok((
-            KeyKind::Rsa(n.len()),
-            DecodingKey::from_rsa_raw_components(n, e),
-        ))
+        let kind = KeyKind::Rsa(n.len());
+        let parsed = parse_for(kind, &rsa_public_key_der(n, e))?;
+        Ok((kind, DecodingKey::from_rsa_raw_components(n, e), parsed))
     }
 
-    fn ec(kind: KeyKind, point: Vec<u8>) -> Result<(KeyKind, DecodingKey), String> {
+    fn ec(
+        kind: KeyKind,
+        point: Vec<u8>,
+    ) -> Result<(KeyKind, DecodingKey, Box<[(Algorithm, ParsedPublicKey)]>), String> {
         let alg = match kind {
             KeyKind::P256 => &ECDSA_P256_SHA256_FIXED,
             _ => &ECDSA_P384_SHA384_FIXED,
@@ -243,15 +337,19 @@ impl VerifyKey {
         // Refuses points that are not on the curve (invalid-curve attacks).
         ParsedPublicKey::new(alg, &point)
             .map_err(|_| "EC point is not on its curve".to_string())?;
-        Ok((kind, DecodingKey::from_ec_der(&point)))
+        let parsed = parse_for(kind, &point)?;
+        Ok((kind, DecodingKey::from_ec_der(&point), parsed))
     }
 
-    fn ed25519(x: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
+    fn ed25519(
+        x: &[u8],
+    ) -> Result<(KeyKind, DecodingKey, Box<[(Algorithm, ParsedPublicKey)]>), String> {
         if x.len() != 32 {
             return Err("Ed25519 key is not 32 bytes".into());
         }
         ParsedPublicKey::new(&ED25519, x).map_err(|_| "Ed25519 key is invalid".to_string())?;
-        Ok((KeyKind::Ed25519, DecodingKey::from_ed_der(x)))
+        let parsed = parse_for(KeyKind::Ed25519, x)?;
+        Ok((KeyKind::Ed25519, DecodingKey::from_ed_der(x), parsed))
     }
 
     /// Parses one JWK. `Err` says why the key is not usable (logged; the
@@ -296,7 +394,7 @@ impl VerifyKey {
             }
             b64_decode(s).map_err(|_| format!("\"{name}\" is not base64url"))
         };
-        let (kind, key) = match (j.kty.as_str(), j.crv.as_deref()) {
+        let (kind, key, parsed) = match (j.kty.as_str(), j.crv.as_deref()) {
             ("RSA", _) => Self::rsa(&field(&j.n, "n")?, &field(&j.e, "e")?)?,
             ("EC", Some(crv @ ("P-256" | "P-384"))) => {
                 let (kind, len) = if crv == "P-256" {
@@ -333,6 +431,7 @@ impl VerifyKey {
             kind,
             alg,
             key,
+            parsed,
         })
     }
 
@@ -364,7 +463,7 @@ impl VerifyKey {
         };
         let oid = &spki.algorithm.algorithm;
         let data = &spki.subject_public_key.data;
-        let (kind, key) = if *oid == OID_PKCS1_RSAENCRYPTION {
+        let (kind, key, parsed) = if *oid == OID_PKCS1_RSAENCRYPTION {
             match spki.parsed() {
                 Ok(PublicKey::RSA(r)) => Self::rsa(r.modulus, r.exponent)?,
                 _ => return Err("malformed RSA public key".into()),
@@ -390,6 +489,7 @@ impl VerifyKey {
             kind,
             alg: None,
             key,
+            parsed,
         })
     }
 }
