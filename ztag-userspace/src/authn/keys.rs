@@ -178,6 +178,9 @@ pub(crate) struct VerifyKey {
     parsed: Box<[(Algorithm, ParsedPublicKey)]>,
 }
 
+/// A key's kind, its jsonwebtoken form (for comparisons) and its parsed forms.
+type Loaded = (KeyKind, DecodingKey, Box<[(Algorithm, ParsedPublicKey)]>);
+
 /// aws-lc's verification algorithm for a JWS `alg`.
 fn aws_alg(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
     Some(match alg {
@@ -302,10 +305,7 @@ impl VerifyKey {
         material_eq && self.kid == other.kid && self.kind == other.kind && self.alg == other.alg
     }
 
-    fn rsa(
-        n: &[u8],
-        e: &[u8],
-    ) -> Result<(KeyKind, DecodingKey, Box<[(Algorithm, ParsedPublicKey)]>), String> {
+    fn rsa(n: &[u8], e: &[u8]) -> Result<Loaded, String> {
         let n = strip_leading_zeros(n);
         let e = strip_leading_zeros(e);
         let bits = match n.first() {
@@ -326,10 +326,7 @@ impl VerifyKey {
         Ok((kind, DecodingKey::from_rsa_raw_components(n, e), parsed))
     }
 
-    fn ec(
-        kind: KeyKind,
-        point: Vec<u8>,
-    ) -> Result<(KeyKind, DecodingKey, Box<[(Algorithm, ParsedPublicKey)]>), String> {
+    fn ec(kind: KeyKind, point: Vec<u8>) -> Result<Loaded, String> {
         let alg = match kind {
             KeyKind::P256 => &ECDSA_P256_SHA256_FIXED,
             _ => &ECDSA_P384_SHA384_FIXED,
@@ -341,9 +338,7 @@ impl VerifyKey {
         Ok((kind, DecodingKey::from_ec_der(&point), parsed))
     }
 
-    fn ed25519(
-        x: &[u8],
-    ) -> Result<(KeyKind, DecodingKey, Box<[(Algorithm, ParsedPublicKey)]>), String> {
+    fn ed25519(x: &[u8]) -> Result<Loaded, String> {
         if x.len() != 32 {
             return Err("Ed25519 key is not 32 bytes".into());
         }
