@@ -1917,7 +1917,13 @@ struct Latency {
     p99_us: f64,
     p999_us: f64,
     max_us: f64,
+    /// How long after the run's nominal end the last answer came: a queue
+    /// that built up because the server fell behind the rate.
+    behind_ms: f64,
 }
+
+/// A run whose last answer came this much after its end fell behind.
+const BEHIND_LIMIT_MS: f64 = 20.0;
 
 /// Plain TCP or TLS, for the async clients.
 trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -2081,6 +2087,7 @@ fn latency_run(
     // Over the time until the last answer: a server that fell behind
     // answers the queued requests after the run's nominal end.
     out.achieved_rps = out.ok as f64 / took.max(secs as f64);
+    out.behind_ms = ((took - secs as f64) * 1e3).max(0.0);
     out.p50_us = pct(0.50);
     out.p90_us = pct(0.90);
     out.p99_us = pct(0.99);
@@ -2745,7 +2752,7 @@ fn markdown(
         let rates: Vec<f64> = res.latency_rate.iter().map(|r| r.0).collect();
         let _ = writeln!(
             w,
-            "\n## Latency at a fixed rate\n\n{} req/s (median of the rounds' rates: {}), reuse tokens, \
+            "\n## Latency at a fixed rate\n\n{} req/s ({}; after all peak runs, the same rate in every round), reuse tokens, \
              {LATENCY_CONNECTIONS} keep-alive connections of an open-loop client (due times from a µs-paced \
              pacer; a request waits for a free connection if none is), \
              {} s per run; latency from each request's scheduled send time. *direct*: the same client straight to \
@@ -2757,6 +2764,17 @@ fn markdown(
                 .collect::<Vec<_>>()
                 .join("; "),
             o.latency_secs,
+        );
+        let longest_stall = res
+            .stalls
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|x| x.longest_ms))
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            w,
+            "Tails on this machine: the CPU probes above saw stalls of up to {longest_stall:.1} ms (the time other \
+             work holds a CPU); a p99 or p99.9 near or above that measures the machine as much as the proxy. The \
+             no-auth nginx row shows what a proxy adds on the same machine in the same rounds.\n"
         );
         let _ = writeln!(
             w,
@@ -2814,13 +2832,16 @@ fn markdown(
             let errors: u64 = ok.iter().map(|(_, l)| l.errors).sum();
             let short: Vec<String> = ok
                 .iter()
-                .filter(|(_, l)| l.achieved_rps < 0.95 * l.target_rps)
+                .filter(|(_, l)| {
+                    l.achieved_rps < 0.95 * l.target_rps || l.behind_ms > BEHIND_LIMIT_MS
+                })
                 .map(|(i, l)| {
                     format!(
-                        "round {}: {} of {} req/s",
+                        "round {}: {} of {} req/s, last answer {:.0} ms after the end",
                         i + 1,
                         fmt_int(l.achieved_rps),
-                        fmt_int(l.target_rps)
+                        fmt_int(l.target_rps),
+                        l.behind_ms
                     )
                 })
                 .collect();
@@ -2832,7 +2853,7 @@ fn markdown(
                 errs.push(format!("{errors} failed"));
             }
             if !short.is_empty() {
-                errs.push(format!("rate not sustained ({})", short.join(", ")));
+                errs.push(format!("fell behind the rate ({})", short.join("; ")));
             }
             if ok.len() < runs.len() {
                 errs.push(format!(
@@ -3022,7 +3043,7 @@ fn json_report(
                     "target_rps": l.target_rps, "achieved_rps": l.achieved_rps, "scheduled": l.scheduled,
                     "ok": l.ok, "non2xx": l.non2xx, "errors": l.errors, "reconnects": l.reconnects,
                     "p50_us": l.p50_us, "p90_us": l.p90_us, "p99_us": l.p99_us, "p999_us": l.p999_us,
-                    "max_us": l.max_us,
+                    "max_us": l.max_us, "last_answer_after_end_ms": l.behind_ms,
                 }))).collect::<Vec<_>>(),
             })
         })
@@ -3244,76 +3265,6 @@ fn real_main() -> Result<()> {
             }
         }
 
-        if o.latency {
-            // Half of ztag's reuse peak of this round; without ztag, half
-            // of the fastest JWT-validating peer's.
-            let this_round = |p: Proxy| {
-                res.peak
-                    .get(&(Pattern::Reuse, p))
-                    .and_then(|v| v.get(round))
-                    .and_then(|r| r.as_ref().ok())
-                    .filter(|x| peak_clean(x))
-                    .map(|x| x.rps)
-            };
-            let rate = o.latency_rate.map(|r| (r, "--latency-rate".to_string()));
-            let rate = rate.or_else(|| match this_round(Proxy::Ztag) {
-                Some(r) => Some((
-                    r / 2.0,
-                    format!("round {}: half of ztag's {}", round + 1, fmt_int(r)),
-                )),
-                // (nginx only when no JWT-validating proxy has a peak.)
-                None => runnable
-                    .iter()
-                    .filter_map(|&p| this_round(p).map(|r| (p, r)))
-                    .max_by(|a, b| {
-                        (a.0.validates_jwt(), a.1)
-                            .partial_cmp(&(b.0.validates_jwt(), b.1))
-                            .unwrap_or(std::cmp::Ordering::Equal)
-                    })
-                    .map(|(p, r)| {
-                        (
-                            r / 2.0,
-                            format!(
-                                "round {}: ztag has no peak, half of {}'s {}",
-                                round + 1,
-                                p.key(),
-                                fmt_int(r)
-                            ),
-                        )
-                    }),
-            });
-            if let Some((rate, why)) = rate {
-                res.latency_rate.push((rate, why));
-                let mut targets = vec![Target::Direct];
-                targets.extend(order.iter().map(|&p| Target::Proxy(p)));
-                for t in rotated(&targets, round) {
-                    let r = record(
-                        &format!("latency {}", t.key()),
-                        measure_latency(&cx, t, rate, &tls),
-                    );
-                    if let Ok(l) = &r {
-                        eprintln!(
-                            "lat   {:<8} {:>7} of {:>7} req/s  p50 {:>6} µs  p99 {:>6} µs{}",
-                            t.key(),
-                            fmt_int(l.achieved_rps),
-                            fmt_int(rate),
-                            fmt_int(l.p50_us),
-                            fmt_int(l.p99_us),
-                            if l.non2xx + l.errors > 0 {
-                                format!("  ⚠ {} non-2xx, {} errors", l.non2xx, l.errors)
-                            } else {
-                                String::new()
-                            }
-                        );
-                    }
-                    res.latency.entry(t).or_default().push(r);
-                    check_interrupted()?;
-                }
-            } else {
-                eprintln!("latency: no proxy had a clean reuse peak this round: skipped");
-            }
-        }
-
         if o.rss {
             for &p in &order {
                 let r = record(
@@ -3332,6 +3283,85 @@ fn real_main() -> Result<()> {
                 }
                 res.rss.entry(p).or_default().push(r);
                 check_interrupted()?;
+            }
+        }
+    }
+
+    // Latency: after every peak is known, at one rate for all rounds (half
+    // of ztag's median reuse peak; without ztag, half of the fastest
+    // JWT-validating peer's, nginx only when no such peer has one), the
+    // targets again interleaved with the order rotated every round.
+    if o.latency {
+        let peak_of =
+            |p: Proxy| Some(median(&res.peak_ok(Pattern::Reuse, p))).filter(|r| r.is_finite());
+        let rate = o
+            .latency_rate
+            .map(|r| (r, "--latency-rate".to_string()))
+            .or_else(|| {
+                peak_of(Proxy::Ztag).map(|r| {
+                    (
+                        r / 2.0,
+                        format!("half of ztag's median reuse peak, {}", fmt_int(r)),
+                    )
+                })
+            })
+            .or_else(|| {
+                runnable
+                    .iter()
+                    .filter_map(|&p| peak_of(p).map(|r| (p, r)))
+                    .max_by(|a, b| {
+                        (a.0.validates_jwt(), a.1)
+                            .partial_cmp(&(b.0.validates_jwt(), b.1))
+                            .unwrap_or(std::cmp::Ordering::Equal)
+                    })
+                    .map(|(p, r)| {
+                        (
+                            r / 2.0,
+                            format!(
+                                "ztag has no peak: half of {}'s median reuse peak, {}",
+                                p.key(),
+                                fmt_int(r)
+                            ),
+                        )
+                    })
+            });
+        match rate {
+            None => eprintln!("latency: no proxy has a clean reuse peak: skipped"),
+            Some((rate, why)) => {
+                res.latency_rate.push((rate, why));
+                let mut targets = vec![Target::Direct];
+                targets.extend(runnable.iter().map(|&p| Target::Proxy(p)));
+                for round in 0..o.rounds {
+                    eprintln!(
+                        "\n== latency round {} of {} at {} req/s",
+                        round + 1,
+                        o.rounds,
+                        fmt_int(rate)
+                    );
+                    for t in rotated(&targets, round) {
+                        let r = record(
+                            &format!("latency {}", t.key()),
+                            measure_latency(&cx, t, rate, &tls),
+                        );
+                        if let Ok(l) = &r {
+                            eprintln!(
+                                "lat   {:<8} {:>7} of {:>7} req/s  p50 {:>6} µs  p99 {:>6} µs{}",
+                                t.key(),
+                                fmt_int(l.achieved_rps),
+                                fmt_int(rate),
+                                fmt_int(l.p50_us),
+                                fmt_int(l.p99_us),
+                                if l.non2xx + l.errors > 0 {
+                                    format!("  ⚠ {} non-2xx, {} errors", l.non2xx, l.errors)
+                                } else {
+                                    String::new()
+                                }
+                            );
+                        }
+                        res.latency.entry(t).or_default().push(r);
+                        check_interrupted()?;
+                    }
+                }
             }
         }
     }

@@ -27,15 +27,21 @@ use super::{
     token::parse_compact,
 };
 
+/// `$ZTAG_SHARED_DATA/jose/wycheproof`, else `../shared/data` beside the
+/// repository (where the team's checkouts and CI keep it).
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/jose/wycheproof")
+    let shared = std::env::var_os("ZTAG_SHARED_DATA")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    shared.join("jose/wycheproof")
 }
 
 fn load(name: &str) -> Value {
     let p = dir().join(name);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (the Wycheproof vectors live in the shared data directory beside the repository)",
+            "{}: {e} (the Wycheproof vectors live in ../shared/data beside the repository, or set ZTAG_SHARED_DATA)",
             p.display()
         )
     });
