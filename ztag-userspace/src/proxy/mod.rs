@@ -770,9 +770,14 @@ impl Gateway {
         // upstream: rebuild the head for the peer.
         let pool = &self.pools[route.upstream];
         let trusted = self.is_trusted(conn.peer.ip());
-        let client_ip =
-            headers::client_address(&parts.headers, conn.peer.ip(), |ip| self.is_trusted(ip));
-        rec.client = Some(client_ip);
+        // The client behind trusted proxies is only logged: found only then.
+        if logging {
+            rec.client = Some(headers::client_address(
+                &parts.headers,
+                conn.peer.ip(),
+                |ip| self.is_trusted(ip),
+            ));
+        }
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_internal(&mut parts.headers, "x-ztag-");
         for h in [
