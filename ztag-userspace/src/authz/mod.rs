@@ -2,7 +2,18 @@
 //! tuples, check, batch check, list objects, list users, expand), a remote
 //! OpenFGA client, and route policies that turn a request into checks.
 
+pub mod condition;
+#[cfg(test)]
+mod conformance_tests;
+pub mod dsl;
+pub mod engine;
 pub mod model;
+pub mod policy;
+pub mod service;
+pub mod store;
+pub mod testfile;
+pub mod tuples;
+pub mod validate;
 
 /// `$ZTAG_SHARED_DATA`, else `../shared/data` beside the repository (where the
 /// team's checkouts and CI keep OpenFGA's conformance tests).

@@ -4,6 +4,8 @@
 //! acknowledged is committed here first (synchronous=FULL), so it survives a
 //! crash of the daemon and of the host.
 
+pub mod fga;
+
 use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
