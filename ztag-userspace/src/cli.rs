@@ -1,5 +1,8 @@
 //! The `ztag` command line: the daemon (`run`), list management (`block`,
-//! `allow`), counters (`stats`), `check-config` and `detach`.
+//! `allow`), counters (`stats`), FGA stores (`fga`), `check-config` and
+//! `detach`.
+
+pub mod fga;
 
 use std::{
     io::Read,
@@ -64,6 +67,16 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Fine-grained authorisation: the daemon's OpenFGA-compatible stores
+    /// (models, tuples, checks), and `fga test` for model test files.
+    Fga {
+        /// The store: its name or id.
+        #[arg(long, global = true, env = "ZTAG_FGA_STORE", default_value = "default")]
+        store: String,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: fga::FgaCmd,
     },
     /// Detach the program from every interface and remove the pinned maps.
     /// Stop the daemon first; blocked sources are no longer dropped after this.
@@ -204,6 +217,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Block(cmd) => list_cmd(&client, "block", cmd).await,
         Command::Allow(cmd) => list_cmd(&client, "allow", cmd).await,
+        Command::Fga { store, cmd } => fga::run(&client, &store, cmd).await,
         Command::Stats { json } => {
             need_root("ztag stats", &cli.socket)?;
             let rows: Vec<StatRow> = client.get("/v1/stats").await?;

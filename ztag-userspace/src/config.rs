@@ -70,6 +70,8 @@ pub struct Config {
     pub gateway: crate::proxy::config::GatewayConfig,
     /// Authentication providers (validated; keys load at start).
     pub authn: crate::authn::RawAuthn,
+    /// The FGA engine route policies ask.
+    pub authz: crate::authz::config::AuthzConfig,
     /// Directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
 }
@@ -114,6 +116,11 @@ impl StateConfig {
 pub struct AdminConfig {
     /// Unix socket path (created with mode 0600).
     pub socket: PathBuf,
+    /// Optional TCP listener for the OpenFGA-compatible API (and, later,
+    /// the dashboard); every request needs the admin token.
+    pub listen: Option<SocketAddr>,
+    /// File holding the admin bearer token (required with `listen`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[metrics]`
@@ -138,6 +145,8 @@ struct RawConfig {
     gateway: crate::proxy::config::RawGateway,
     #[serde(default)]
     authn: crate::authn::RawAuthn,
+    #[serde(default)]
+    authz: crate::authz::config::RawAuthz,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -170,6 +179,8 @@ struct RawState {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     socket: Option<PathBuf>,
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -242,6 +253,7 @@ impl Config {
             metrics,
             gateway,
             authn,
+            authz,
         } = raw;
 
         let RawXdp {
@@ -320,7 +332,29 @@ impl Config {
                 state_dir.display()
             ));
         }
-        let RawAdmin { socket } = admin;
+        let RawAdmin {
+            socket,
+            listen: admin_listen,
+            token_file,
+        } = admin;
+        let admin_listen = match admin_listen.as_deref() {
+            None | Some("") | Some("off") => None,
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!(
+                        "admin.listen: {s:?} is not an address:port (e.g. \"127.0.0.1:9478\")"
+                    ));
+                    None
+                }
+            },
+        };
+        let token_file = token_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
+        if admin_listen.is_some() && token_file.is_none() {
+            problems.push(
+                "admin.token_file: required with admin.listen (every TCP admin request must carry the token)".into(),
+            );
+        }
         let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
         if !socket.is_absolute() {
             problems.push(format!(
@@ -344,6 +378,7 @@ impl Config {
         };
 
         authn.validate(&mut problems);
+        let authz = authz.validate(base, &mut problems);
         let gateway = gateway.validate(base, &authn.provider_names(), &mut problems);
 
         if !problems.is_empty() {
@@ -364,10 +399,15 @@ impl Config {
                 rate_burst,
             },
             state: StateConfig { dir: state_dir },
-            admin: AdminConfig { socket },
+            admin: AdminConfig {
+                socket,
+                listen: admin_listen,
+                token_file,
+            },
             metrics: MetricsConfig { listen },
             gateway,
             authn,
+            authz,
             base_dir: base.to_path_buf(),
         })
     }

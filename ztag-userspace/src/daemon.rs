@@ -168,6 +168,71 @@ fn start_kernel(config: &Config) -> Result<Kernel> {
     })
 }
 
+type AuthzParts = (
+    Option<Arc<crate::authz::service::Authz>>,
+    Option<Arc<crate::authz::remote::Decider>>,
+);
+
+/// The FGA side: the embedded stores (loaded from the state DB), and the
+/// engine route policies ask (the configured store, or a remote OpenFGA).
+fn start_authz(config: &Config) -> Result<AuthzParts> {
+    use crate::authz::{
+        config::AuthzConfig,
+        remote::{Decider, RemoteFga},
+        service::Authz,
+    };
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = &config.state.dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating state.dir {}", dir.display()))?;
+    let started = std::time::Instant::now();
+    let authz = Arc::new(Authz::open(Some(&config.state.db_path())).with_context(|| {
+        format!(
+            "loading the FGA stores from {}",
+            config.state.db_path().display()
+        )
+    })?);
+    let tuples: usize = authz.stores().iter().map(|s| s.tuple_count()).sum();
+    info!(
+        stores = authz.stores().len(),
+        tuples,
+        ms = started.elapsed().as_millis() as u64,
+        "FGA stores loaded"
+    );
+    let decider = match &config.authz {
+        AuthzConfig::Embedded { store, model_file } => {
+            let s = match authz.store_by_name(store) {
+                Some(s) => s,
+                None => {
+                    info!(store = %store, "creating FGA store");
+                    authz.create_store(store)?
+                }
+            };
+            if let Some(f) = model_file {
+                let m = crate::authz::testfile::load_model_file(f)
+                    .map_err(|e| anyhow::anyhow!("authz.model_file: {e}"))?;
+                let same = s.model(None).is_ok_and(|cur| {
+                    let mut a = cur.source.clone();
+                    a.id.clear();
+                    a == m
+                });
+                if !same {
+                    let id = s.add_model(m, true)?;
+                    info!(store = %store, model = %id, file = %f.display(), "FGA model written");
+                }
+            }
+            Decider::Embedded(s)
+        }
+        AuthzConfig::Remote(r) => {
+            Decider::Remote(Arc::new(RemoteFga::new(r).map_err(|e| anyhow::anyhow!(e))?))
+        }
+    };
+    Ok((Some(authz), Some(Arc::new(decider))))
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads `reload.path`.
 pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     let mut config = config;
@@ -187,7 +252,8 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     let authn = Authn::build(&config.authn, &config.base_dir, metrics.registry())
         .await
         .map_err(StartError)?;
-    let gateway = Gateway::new(&config.gateway, authn, metrics.registry())?;
+    let (authz, decider) = start_authz(&config)?;
+    let gateway = Gateway::new(&config.gateway, authn, decider, metrics.registry())?;
     let bound = gateway.bind()?;
 
     let (enforcer, interfaces, events) = if config.xdp.enabled {
@@ -201,6 +267,7 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         enforcer,
         events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
         interfaces,
+        authz,
     });
     gateway.serve(bound);
 
@@ -208,6 +275,22 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;
     tokio::spawn(admin::serve(listener, shared.clone()));
     info!(socket = %config.admin.socket.display(), "admin API listening");
+    if let (Some(addr), Some(token_file)) = (config.admin.listen, &config.admin.token_file) {
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading admin.token_file {}", token_file.display()))?;
+        let token = token.trim();
+        if token.len() < 16 {
+            bail!(
+                "admin.token_file {}: the token must be at least 16 characters",
+                token_file.display()
+            );
+        }
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding admin.listen {addr}"))?;
+        tokio::spawn(admin::serve_tcp(l, Arc::from(token), shared.clone()));
+        info!(%addr, "admin API (OpenFGA-compatible, token required) listening");
+    }
 
     if let Some(addr) = config.metrics.listen {
         crate::metrics::serve(addr, metrics.clone(), shared.clone())

@@ -104,7 +104,12 @@ impl AdminClient {
         }
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .and_then(|v| {
+                v.get("error")
+                    .or_else(|| v.get("message"))
+                    .and_then(|e| e.as_str())
+                    .map(String::from)
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         Err(ClientError::Refused { status, message })
     }

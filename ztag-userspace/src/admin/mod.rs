@@ -56,6 +56,8 @@ pub struct Shared {
     pub events: Mutex<VecDeque<EventView>>,
     /// Attachments as "iface (mode)" strings, for health.
     pub interfaces: Vec<(String, String)>,
+    /// The embedded FGA stores (OpenFGA-compatible API under `/stores`).
+    pub authz: Option<Arc<crate::authz::service::Authz>>,
 }
 
 /// One counter row of `GET /v1/stats`.
@@ -199,8 +201,112 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Largest FGA API body (imports included).
+const MAX_FGA_BODY: usize = 256 * 1024 * 1024;
+
+/// The OpenFGA-compatible API: `/stores...`.
+async fn fga(req: Request<Incoming>, shared: &Shared) -> Resp {
+    let Some(authz) = shared.authz.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the FGA engine is not running",
+        );
+    };
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = match body(req, MAX_FGA_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // Checks take microseconds; imports and big writes may take longer:
+    // off the async workers either way.
+    let answer = tokio::task::spawn_blocking(move || {
+        crate::authz::api::handle(&authz, &method, &path, &query, &body)
+    })
+    .await;
+    match answer {
+        Ok(a) => {
+            let status =
+                StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            match a.body {
+                Some(v) => json(status, &v),
+                None => Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+            }
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("FGA request failed: {e}"),
+        ),
+    }
+}
+
+/// Serves the admin API on TCP (`admin.listen`): every request must carry
+/// `Authorization: Bearer <admin token>`; only the FGA API and health are
+/// offered here (the blocklist stays on the root-only Unix socket).
+pub async fn serve_tcp(listener: tokio::net::TcpListener, token: Arc<str>, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("admin listener accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                let token = token.clone();
+                async move {
+                    let presented = req
+                        .headers()
+                        .get(hyper::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .unwrap_or("");
+                    if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+                        let mut r = error(StatusCode::UNAUTHORIZED, "admin token required");
+                        r.headers_mut().insert(
+                            hyper::header::WWW_AUTHENTICATE,
+                            hyper::header::HeaderValue::from_static("Bearer realm=\"ztag-admin\""),
+                        );
+                        return Ok::<_, hyper::Error>(r);
+                    }
+                    let path = req.uri().path();
+                    if path == "/stores" || path.starts_with("/stores/") {
+                        Ok(fga(req, &shared).await)
+                    } else if path == "/v1/health" {
+                        handle(req, shared).await
+                    } else {
+                        Ok(error(StatusCode::NOT_FOUND, "not found"))
+                    }
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!("admin connection: {e}");
+            }
+        });
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyper::Error> {
     let path = req.uri().path().to_string();
+    if path == "/stores" || path.starts_with("/stores/") {
+        return Ok(fga(req, &shared).await);
+    }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resp = match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["v1", "health"]) => json(

@@ -38,7 +38,7 @@ mod cache;
 mod claims;
 mod client_assertion;
 mod config;
-mod jwks;
+pub(crate) mod jwks;
 mod jwt;
 mod keys;
 mod metrics;

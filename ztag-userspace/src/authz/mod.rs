@@ -2,13 +2,16 @@
 //! tuples, check, batch check, list objects, list users, expand), a remote
 //! OpenFGA client, and route policies that turn a request into checks.
 
+pub mod api;
 pub mod condition;
+pub mod config;
 #[cfg(test)]
 mod conformance_tests;
 pub mod dsl;
 pub mod engine;
 pub mod model;
 pub mod policy;
+pub mod remote;
 pub mod service;
 pub mod store;
 pub mod testfile;

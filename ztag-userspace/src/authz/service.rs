@@ -16,19 +16,6 @@ pub struct Authz {
     stores: RwLock<BTreeMap<String, Arc<Store>>>,
 }
 
-/// A store's id and name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreInfo {
-    /// ULID.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// RFC 3339 creation time.
-    pub created_at: String,
-    /// RFC 3339 update time.
-    pub updated_at: String,
-}
-
 impl Authz {
     /// Stores that live only in memory (tests, `fga test`).
     pub fn in_memory() -> Authz {
@@ -91,7 +78,7 @@ impl Authz {
                 let mut d = db.lock().unwrap_or_else(|p| p.into_inner());
                 d.create_store(name)?.id
             }
-            None => ulid::Ulid::new().to_string(),
+            None => super::store::new_ulid(),
         };
         let store = Arc::new(Store::new(id.clone(), name.to_string(), self.db.clone()));
         self.stores

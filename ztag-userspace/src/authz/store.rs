@@ -86,6 +86,8 @@ pub struct Store {
     pub id: String,
     /// Store name.
     pub name: String,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
     state: RwLock<StoreState>,
     db: Option<Arc<Mutex<FgaDb>>>,
     /// Serialises writers so that the durable write and the in-memory apply
@@ -122,6 +124,7 @@ impl Store {
         Store {
             id,
             name,
+            created_at_ms: crate::state::now_ms(),
             state: RwLock::new(StoreState {
                 tuples: TupleStore::new(),
                 models: BTreeMap::new(),
@@ -313,6 +316,40 @@ impl Store {
                 .map_err(|e| AuthzError::Validation(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Bulk import: every tuple validated against the latest model first
+    /// (the first invalid one refuses the import, naming it), then written
+    /// durably (duplicates skipped) and applied. Returns (written, skipped).
+    pub fn import(&self, tuples: Vec<TupleKey>) -> Result<(usize, usize), StoreError> {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let st = self.read();
+            let model = Self::model_in(&st, None)?;
+            let engine = Engine::new(&model, &st.tuples);
+            for (i, k) in tuples.iter().enumerate() {
+                engine.validate_write(k).map_err(|e| {
+                    StoreError::WriteRefused(format!("tuple {} of the import: {e}", i + 1))
+                })?;
+            }
+        }
+        let counts = match &self.db {
+            Some(db) => {
+                let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+                Some(db.import(&self.id, tuples.iter().cloned())?)
+            }
+            None => None,
+        };
+        let mut st = self.write_state();
+        let (mut written, mut skipped) = (0, 0);
+        for k in &tuples {
+            match st.tuples.insert_key(k) {
+                Ok(true) => written += 1,
+                Ok(false) => skipped += 1,
+                Err(e) => return Err(AuthzError::Validation(e.to_string()).into()),
+            }
+        }
+        Ok(counts.unwrap_or((written, skipped)))
     }
 
     /// Load tuples into memory without validation or persistence (cold

@@ -112,6 +112,8 @@ struct RawRoute {
     public: Option<bool>,
     require_scopes: Option<Vec<String>>,
     require_claims: Option<toml::Table>,
+    path_pattern: Option<String>,
+    authz: Option<Vec<crate::authz::policy::RawCheck>>,
 }
 
 /// Validated `[gateway]`.
@@ -268,6 +270,10 @@ pub struct RouteConfig {
     pub require_scopes: Vec<String>,
     /// Claims that must equal these values.
     pub require_claims: Vec<(String, serde_json::Value)>,
+    /// Segments that name path variables for policy templates.
+    pub path_pattern: Option<crate::authz::policy::PathPattern>,
+    /// FGA checks that must all allow (none: no FGA check).
+    pub authz: Vec<crate::authz::policy::CheckPolicy>,
 }
 
 fn dur(key: &str, v: &Option<String>, default: &str, problems: &mut Vec<String>) -> Duration {
@@ -592,6 +598,8 @@ impl RawGateway {
                 public,
                 require_scopes,
                 require_claims,
+                path_pattern,
+                authz,
             } = r;
             let key = format!("gateway.route[{i}]");
             let name = name.unwrap_or_else(|| format!("route{i}"));
@@ -671,6 +679,33 @@ impl RawGateway {
                     "{key}: require_scopes/require_claims need authentication, and the route is public"
                 ));
             }
+            let path_pattern = match path_pattern
+                .as_deref()
+                .map(crate::authz::policy::PathPattern::parse)
+            {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    problems.push(format!("{key}.path_pattern: {e}"));
+                    None
+                }
+            };
+            let vars = path_pattern
+                .as_ref()
+                .map(|p| p.vars().to_vec())
+                .unwrap_or_default();
+            let mut checks = Vec::new();
+            for (j, c) in authz.unwrap_or_default().iter().enumerate() {
+                match crate::authz::policy::CheckPolicy::compile(c, &vars) {
+                    Ok(c) => checks.push(c),
+                    Err(e) => problems.push(format!("{key}.authz[{j}]: {e}")),
+                }
+            }
+            if public && !checks.is_empty() {
+                problems.push(format!(
+                    "{key}: authz checks name the caller, and the route is public (set authenticate)"
+                ));
+            }
             routes.push(RouteConfig {
                 name,
                 hosts,
@@ -681,6 +716,8 @@ impl RawGateway {
                 public,
                 require_scopes,
                 require_claims,
+                path_pattern,
+                authz: checks,
             });
         }
 

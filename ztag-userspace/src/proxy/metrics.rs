@@ -17,6 +17,8 @@ pub struct HttpMetrics {
     connections: IntGaugeVec,
     refused: IntCounterVec,
     ejections: IntCounterVec,
+    authz: IntCounterVec,
+    authz_seconds: HistogramVec,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
 }
@@ -86,6 +88,24 @@ impl HttpMetrics {
             ),
             &["upstream", "peer"],
         )?;
+        let authz = IntCounterVec::new(
+            Opts::new(
+                "ztag_authz_decisions_total",
+                "Route-policy FGA decisions, by route, engine (embedded, remote) and result (allow, deny, error).",
+            ),
+            &["route", "engine", "result"],
+        )?;
+        let authz_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ztag_authz_check_duration_seconds",
+                "Time to decide one route-policy check, by engine.",
+            )
+            .buckets(vec![
+                0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
+                0.001, 0.005, 0.025, 0.1, 0.5,
+            ]),
+            &["engine"],
+        )?;
         let access_log_dropped = IntCounter::new(
             "ztag_access_log_dropped_total",
             "Access-log lines dropped because the writer could not keep up.",
@@ -97,6 +117,8 @@ impl HttpMetrics {
         r.register(Box::new(connections.clone()))?;
         r.register(Box::new(refused.clone()))?;
         r.register(Box::new(ejections.clone()))?;
+        r.register(Box::new(authz.clone()))?;
+        r.register(Box::new(authz_seconds.clone()))?;
         r.register(Box::new(access_log_dropped.clone()))?;
         Ok(HttpMetrics {
             requests,
@@ -106,6 +128,8 @@ impl HttpMetrics {
             connections,
             refused,
             ejections,
+            authz,
+            authz_seconds,
             access_log_dropped,
         })
     }
@@ -151,6 +175,14 @@ impl HttpMetrics {
     /// A connection refused at accept.
     pub fn refused(&self, listener: &str, limit: &str) {
         self.refused.with_label_values(&[listener, limit]).inc();
+    }
+
+    /// One route-policy decision.
+    pub fn authz(&self, route: &str, engine: &str, result: &str, took: Duration) {
+        self.authz.with_label_values(&[route, engine, result]).inc();
+        self.authz_seconds
+            .with_label_values(&[engine])
+            .observe(took.as_secs_f64());
     }
 
     /// A peer ejected.

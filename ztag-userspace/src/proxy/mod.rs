@@ -112,6 +112,10 @@ pub enum ProxyError {
     /// The upstream broke the exchange.
     #[error("upstream error")]
     UpstreamProtocol,
+    /// An FGA check of the route's policy denied, or could not decide
+    /// (which denies too).
+    #[error("authorization denied")]
+    Forbidden,
     /// The request could not be rebuilt for the upstream (a bug).
     #[error("internal error")]
     Internal,
@@ -132,6 +136,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -150,6 +155,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamProtocol => "upstream_protocol",
+            ProxyError::Forbidden => "authz_denied",
             ProxyError::Internal => "internal",
         }
     }
@@ -165,6 +171,7 @@ impl ProxyError {
             ProxyError::NoPeer => "service_unavailable",
             ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => "bad_gateway",
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => "gateway_timeout",
+            ProxyError::Forbidden => "forbidden",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -234,6 +241,7 @@ struct Listener {
 pub struct Gateway {
     cfg: GatewayConfig,
     authn: Arc<Authn>,
+    authz: Option<Arc<crate::authz::remote::Decider>>,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -359,9 +367,18 @@ impl Gateway {
     pub fn new(
         cfg: &GatewayConfig,
         authn: Arc<Authn>,
+        authz: Option<Arc<crate::authz::remote::Decider>>,
         registry: &prometheus::Registry,
     ) -> Result<Arc<Gateway>, StartError> {
         let mut problems = Vec::new();
+        if authz.is_none()
+            && let Some(r) = cfg.routes.iter().find(|r| !r.authz.is_empty())
+        {
+            problems.push(format!(
+                "route {:?} has authz checks but no FGA engine is available",
+                r.name
+            ));
+        }
         let mut routes = Vec::new();
         for (i, r) in cfg.routes.iter().enumerate() {
             match authn.resolve(&r.authenticate) {
@@ -438,6 +455,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             cfg: cfg.clone(),
             authn,
+            authz,
             routes,
             pools,
             listeners,
@@ -767,6 +785,13 @@ impl Gateway {
             Some(p)
         };
 
+        // authorize: every FGA check of the route must allow; a value
+        // missing from the request, an engine error or a timeout denies.
+        if !route.authz.is_empty() {
+            self.authorize(conn, route, &parts.method, &path, principal.as_deref())
+                .await?;
+        }
+
         // upstream: rebuild the head for the peer.
         let pool = &self.pools[route.upstream];
         let trusted = self.is_trusted(conn.peer.ip());
@@ -906,6 +931,59 @@ impl Gateway {
     fn is_trusted(&self, ip: IpAddr) -> bool {
         !self.cfg.trusted_proxies.is_empty()
             && self.cfg.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    async fn authorize(
+        &self,
+        conn: &Conn,
+        route: &config::RouteConfig,
+        method: &http::Method,
+        path: &str,
+        principal: Option<&Principal>,
+    ) -> Result<(), ProxyError> {
+        let Some(decider) = &self.authz else {
+            return Err(ProxyError::Forbidden);
+        };
+        let facts = crate::authz::policy::RequestFacts {
+            principal,
+            path,
+            method,
+            client_ip: conn.peer.ip(),
+        };
+        let captures = match &route.path_pattern {
+            Some(p) => p.captures(path),
+            None => Some(Vec::new()),
+        };
+        for check in &route.authz {
+            let start = Instant::now();
+            let planned = captures.as_deref().and_then(|c| check.plan(&facts, c));
+            let Some(planned) = planned else {
+                self.metrics
+                    .authz(&route.name, decider.kind(), "deny", start.elapsed());
+                debug!(route = %route.name, "authz: a template value is missing; denied");
+                return Err(ProxyError::Forbidden);
+            };
+            let result = decider.check(&planned).await;
+            let label = match &result {
+                Ok(true) => "allow",
+                Ok(false) => "deny",
+                Err(_) => "error",
+            };
+            self.metrics
+                .authz(&route.name, decider.kind(), label, start.elapsed());
+            match result {
+                Ok(true) => {}
+                Ok(false) => {
+                    debug!(route = %route.name, user = %planned.user, relation = %planned.relation, object = %planned.object, "authz: denied");
+                    return Err(ProxyError::Forbidden);
+                }
+                Err(e) => {
+                    warn!(route = %route.name, user = %planned.user, relation = %planned.relation, object = %planned.object, error = %e, "authz: no decision; denied");
+                    return Err(ProxyError::Forbidden);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn identity(&self, h: &mut HeaderMap, p: &Principal) {

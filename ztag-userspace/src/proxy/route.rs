@@ -76,6 +76,8 @@ mod tests {
             public: true,
             require_scopes: vec![],
             require_claims: vec![],
+            path_pattern: None,
+            authz: vec![],
         }
     }
 
