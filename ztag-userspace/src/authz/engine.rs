@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use super::{
     condition::{CompiledCondition, ConditionError},
@@ -106,7 +107,7 @@ struct Restriction {
     cond: Sym,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RelInfo {
     name: Sym,
     rw: Rw,
@@ -129,6 +130,13 @@ pub struct Model {
     /// The model as written (OpenFGA JSON form).
     pub source: AuthorizationModel,
     types: HashMap<Sym, TypeInfo>,
+    /// Every relation by (type, relation): one probe on the check path.
+    rels: HashMap<(Sym, Sym), Arc<RelInfo>>,
+    /// For each (type, relation), the kinds of user — (type, NO_REL) for
+    /// objects and wildcards, (type, relation) for usersets — that some
+    /// path of the model can lead to (OpenFGA's `PathExists`): a check for
+    /// a user no path leads to is "not allowed" without reading a tuple.
+    reach: HashMap<(Sym, Sym), HashSet<(Sym, Sym)>>,
     conditions: HashMap<Sym, Arc<CompiledCondition>>,
 }
 
@@ -173,6 +181,74 @@ fn compile_rw(u: &Userset, syms: &mut super::tuples::Interner) -> Result<Rw, Aut
         Err(AuthzError::Model(
             "a relation rewrite with no operator".into(),
         ))
+    }
+}
+
+/// The user kinds each relation can lead to, to a fixed point.
+fn reachability(
+    rels: &HashMap<(Sym, Sym), Arc<RelInfo>>,
+) -> HashMap<(Sym, Sym), HashSet<(Sym, Sym)>> {
+    let mut reach: HashMap<(Sym, Sym), HashSet<(Sym, Sym)>> =
+        rels.keys().map(|k| (*k, HashSet::new())).collect();
+    fn leaves(
+        rw: &Rw,
+        ty: Sym,
+        ri: &RelInfo,
+        rels: &HashMap<(Sym, Sym), Arc<RelInfo>>,
+        reach: &HashMap<(Sym, Sym), HashSet<(Sym, Sym)>>,
+        out: &mut HashSet<(Sym, Sym)>,
+    ) {
+        let from = |k: (Sym, Sym), out: &mut HashSet<(Sym, Sym)>| {
+            if let Some(s) = reach.get(&k) {
+                out.extend(s.iter().copied());
+            }
+        };
+        match rw {
+            Rw::This => {
+                for r in &ri.restrictions {
+                    out.insert((r.ty, r.rel));
+                    if r.rel != NO_REL {
+                        from((r.ty, r.rel), out);
+                    }
+                }
+            }
+            Rw::Computed(r) => {
+                // The userset `object#r` itself is met on the way.
+                out.insert((ty, *r));
+                from((ty, *r), out)
+            }
+            Rw::Ttu { tupleset, computed } => {
+                if let Some(ts) = rels.get(&(ty, *tupleset)) {
+                    for r in &ts.restrictions {
+                        if r.rel == NO_REL && rels.contains_key(&(r.ty, *computed)) {
+                            out.insert((r.ty, *computed));
+                            from((r.ty, *computed), out);
+                        }
+                    }
+                }
+            }
+            Rw::Union(c) | Rw::Inter(c) => {
+                for c in c {
+                    leaves(c, ty, ri, rels, reach, out);
+                }
+            }
+            // Only the base can grant.
+            Rw::Diff(base, _) => leaves(base, ty, ri, rels, reach, out),
+        }
+    }
+    loop {
+        let mut changed = false;
+        for (&(ty, rel), ri) in rels {
+            let mut out = HashSet::new();
+            leaves(&ri.rw, ty, ri, rels, &reach, &mut out);
+            let cur = reach.get_mut(&(ty, rel)).expect("every relation");
+            let before = cur.len();
+            cur.extend(out);
+            changed |= cur.len() != before;
+        }
+        if !changed {
+            return reach;
+        }
     }
 }
 
@@ -253,15 +329,36 @@ impl Model {
                 .map_err(|e| AuthzError::Model(format!("condition '{name}': {e}")))?;
             conditions.insert(syms.intern(name), Arc::new(compiled));
         }
+        let rels = types
+            .iter()
+            .flat_map(|(&t, ti)| {
+                ti.relations
+                    .iter()
+                    .map(move |(&r, info)| ((t, r), Arc::new(info.clone())))
+            })
+            .collect();
+        let reach = reachability(&rels);
         Ok(Model {
             source,
             types,
+            rels,
+            reach,
             conditions,
         })
     }
 
+    /// Can some path of the model lead from `ty#rel` to `user`?
+    #[inline]
+    fn reachable(&self, ty: Sym, rel: Sym, user: User) -> bool {
+        (user.obj.ty() == ty && user.rel == rel)
+            || self
+                .reach
+                .get(&(ty, rel))
+                .is_some_and(|s| s.contains(&(user.obj.ty(), user.rel)))
+    }
+
     fn rel(&self, ty: Sym, rel: Sym) -> Option<&RelInfo> {
-        self.types.get(&ty)?.relations.get(&rel)
+        self.rels.get(&(ty, rel)).map(|r| &**r)
     }
 
     /// Is a stored tuple readable under this model (OpenFGA's
@@ -378,7 +475,12 @@ struct Resolver<'e> {
     /// concrete user only for a path of its own; the wildcard is listed as
     /// `type:*`).
     no_public: bool,
-    path: Vec<(Obj, Sym)>,
+    path: SmallVec<[(Obj, Sym); 16]>,
+    /// Results already known in this request, with the depth they were
+    /// found at: only those that met no cycle and no error (they do not
+    /// depend on the path), reused at the same depth or above (as much
+    /// room or more).
+    memo: SmallVec<[(Obj, Sym, u32, bool); 16]>,
 }
 
 impl<'a> Engine<'a> {
@@ -501,6 +603,11 @@ impl<'a> Engine<'a> {
         if user.obj.id() == self.star && user.rel != NO_REL {
             return Err(invalid("a wildcard cannot carry a relation".into()));
         }
+        if user.obj == obj && user.rel == rel {
+            return Err(invalid(
+                "cannot write a tuple that is implicit (an object#relation is always its own member)".into(),
+            ));
+        }
         if !self.model.readable(ri, user, self.star, cond.as_ref()) {
             let reason = if ri.tupleset && user.rel != NO_REL {
                 format!(
@@ -558,7 +665,8 @@ impl<'a> Engine<'a> {
             user,
             star: self.star,
             no_public: false,
-            path: Vec::with_capacity(16),
+            path: SmallVec::new(),
+            memo: SmallVec::new(),
         }
     }
 
@@ -639,8 +747,24 @@ impl<'a> Engine<'a> {
             queue.push(w);
         }
         let mut candidates: HashSet<Obj> = HashSet::new();
-        if u.rel != NO_REL && u.obj.ty() == ty {
-            candidates.insert(u.obj);
+        if u.rel != NO_REL {
+            if u.obj.ty() == ty {
+                candidates.insert(u.obj);
+            }
+            // A userset's object leads on (as a tupleset parent, or through
+            // its other relations).
+            let mut seeds = vec![User {
+                obj: u.obj,
+                rel: NO_REL,
+            }];
+            if let Some(ti) = self.model.types.get(&u.obj.ty()) {
+                seeds.extend(ti.order.iter().map(|&r| User { obj: u.obj, rel: r }));
+            }
+            for s in seeds {
+                if seen.insert(s) {
+                    queue.push(s);
+                }
+            }
         }
         while let Some(e) = queue.pop() {
             let mut visit = |o: Obj, r: Sym, queue: &mut Vec<User>| {
@@ -976,9 +1100,24 @@ impl<'e> Resolver<'e> {
                 relation: self.s.syms.name(rel).to_string(),
             });
         };
+        if !self.m.reachable(obj.ty(), rel, self.user) {
+            return Ok(DENIED);
+        }
+        if let Some(&(_, _, _, allowed)) = self
+            .memo
+            .iter()
+            .find(|(o, r, d, _)| *o == obj && *r == rel && depth <= *d)
+        {
+            return Ok(if allowed { Out::Allowed } else { DENIED });
+        }
         self.path.push((obj, rel));
         let r = self.rewrite(&ri.rw, ri, obj, depth);
         self.path.pop();
+        match r {
+            Ok(Out::Allowed) => self.memo.push((obj, rel, depth, true)),
+            Ok(Out::Denied { cycle: false }) => self.memo.push((obj, rel, depth, false)),
+            _ => {}
+        }
         r
     }
 
@@ -1001,9 +1140,22 @@ impl<'e> Resolver<'e> {
 
     /// A direct tuple `(obj, rel, user)` from the store or the request:
     /// Some(condition) when present and readable.
-    fn find(&self, ri: &RelInfo, obj: Obj, user: User) -> Result<bool, AuthzError> {
+    fn find(
+        &self,
+        ri: &RelInfo,
+        obj: Obj,
+        user: User,
+        list: &[(User, CondRef)],
+    ) -> Result<bool, AuthzError> {
         let mut err = None;
-        if let Some(cref) = self.s.get(obj, ri.name, user) {
+        // `list` is the object#relation's users, already fetched: a short
+        // one is scanned (no second probe into the big index).
+        let stored = if list.len() <= 16 {
+            list.iter().find(|(u, _)| *u == user).map(|&(_, c)| c)
+        } else {
+            self.s.get(obj, ri.name, user)
+        };
+        if let Some(cref) = stored {
             let c = self.stored_cond(cref);
             if self.m.readable(ri, user, self.star, c) {
                 match self.cond_met(c) {
@@ -1036,7 +1188,7 @@ impl<'e> Resolver<'e> {
         match rw {
             Rw::This => self.this(ri, obj, depth),
             Rw::Computed(r) => self.resolve(obj, *r, depth),
-            Rw::Ttu { tupleset, computed } => self.ttu(obj, *tupleset, *computed, depth),
+            Rw::Ttu { tupleset, computed } => self.ttu(obj, ri.name, *tupleset, *computed, depth),
             Rw::Union(children) => {
                 let mut err = None;
                 let mut cycle = false;
@@ -1092,6 +1244,9 @@ impl<'e> Resolver<'e> {
         let user = self.user;
         let uty = user.obj.ty();
         let mut err = None;
+        // One probe: every stored user of object#relation.
+        let s = self.s;
+        let list = s.users(obj, ri.name);
         // The exact tuple, when the user's type (or userset) is directly
         // related.
         let direct = ri
@@ -1099,7 +1254,7 @@ impl<'e> Resolver<'e> {
             .iter()
             .any(|r| r.ty == uty && !r.wildcard && r.rel == user.rel);
         if direct {
-            match self.find(ri, obj, user) {
+            match self.find(ri, obj, user, list) {
                 Ok(true) => return Ok(Out::Allowed),
                 Ok(false) => {}
                 Err(e) => err = Some(e),
@@ -1114,7 +1269,7 @@ impl<'e> Resolver<'e> {
                 obj: Obj::new(uty, self.star),
                 rel: NO_REL,
             };
-            match self.find(ri, obj, w) {
+            match self.find(ri, obj, w, list) {
                 Ok(true) => return Ok(Out::Allowed),
                 Ok(false) => {}
                 Err(e) => err = Some(e),
@@ -1123,13 +1278,26 @@ impl<'e> Resolver<'e> {
         // Userset tuples: expand each.
         let mut cycle = false;
         if ri.restrictions.iter().any(|r| r.rel != NO_REL) {
-            for (u, c) in self.tuples_of(obj, ri.name) {
+            let cx = self.cx;
+            let stored = list
+                .iter()
+                .map(|&(u, c)| (u, if c == NO_COND { None } else { s.cond(c) }));
+            let extra = cx
+                .tuples
+                .iter()
+                .filter(|(o, r, _, _)| *o == obj && *r == ri.name)
+                .map(|(_, _, u, c)| (*u, c.as_ref()));
+            for (u, c) in stored.chain(extra) {
                 if u.rel == NO_REL || !self.admit(ri, u, c, &mut err) {
                     continue;
                 }
+                // A relation that expands into itself (`member: [group#member]`)
+                // is walked by OpenFGA's recursive resolver, for which
+                // meeting an object again is not a cycle, just nothing new.
+                let recursive = u.obj.ty() == obj.ty() && u.rel == ri.name;
                 match self.resolve(u.obj, u.rel, depth + 1) {
                     Ok(Out::Allowed) => return Ok(Out::Allowed),
-                    Ok(Out::Denied { cycle: c }) => cycle |= c,
+                    Ok(Out::Denied { cycle: c }) => cycle |= c && !recursive,
                     Err(e) => err = Some(e),
                 }
             }
@@ -1143,6 +1311,7 @@ impl<'e> Resolver<'e> {
     fn ttu(
         &mut self,
         obj: Obj,
+        rel: Sym,
         tupleset: Sym,
         computed: Sym,
         depth: u32,
@@ -1159,9 +1328,12 @@ impl<'e> Resolver<'e> {
             if self.m.rel(parent.obj.ty(), computed).is_none() {
                 continue;
             }
+            // `viewer from parent` inside `viewer` itself: OpenFGA's
+            // recursive resolver; an object met again is not a cycle.
+            let recursive = parent.obj.ty() == obj.ty() && computed == rel;
             match self.resolve(parent.obj, computed, depth + 1) {
                 Ok(Out::Allowed) => return Ok(Out::Allowed),
-                Ok(Out::Denied { cycle: c }) => cycle |= c,
+                Ok(Out::Denied { cycle: c }) => cycle |= c && !recursive,
                 Err(e) => err = Some(e),
             }
         }
