@@ -2,6 +2,10 @@
 //! benchmark (`ztag-userspace/benches/xdp.rs`), which writes
 //! `target/bench/xdp-YYYYMMDD-HHMMSS.{md,json}` and prints the markdown.
 //!
+//! `cargo xtask bench fga [--quick]`: setup, then the FGA engine benchmark
+//! (`ztag-userspace/benches/fga.rs`), which writes
+//! `target/bench/fga-YYYYMMDD-HHMMSS.md` and prints it.
+//!
 //! `cargo xtask bench proxy [--quick] [-- ARGS...]`: setup, a release build
 //! of `ztag`, then the L7 benchmark (`ztag-userspace/benches/proxy.rs`:
 //! ztag's gateway against HAProxy, Envoy and nginx), which writes
@@ -32,6 +36,21 @@ enum Which {
     /// (wrk), latency at a fixed rate, RSS with 10k TLS connections. Extra
     /// args after `--` go to the benchmark binary.
     Proxy(ProxyArgs),
+    /// The embedded FGA engine on a Drive-like store of 1,000,000 tuples:
+    /// checks/s on 1 and 2 threads, check latency, batch check, cold start
+    /// from SQLite, memory; OpenFGA's own engine (its CLI's `model test`)
+    /// on the same test file as the anchor.
+    Fga(FgaArgs),
+}
+
+#[derive(Args)]
+struct FgaArgs {
+    /// 100,000 tuples, 1 s per measure: done in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// More options for the benchmark binary (`-- --tuples N --seconds S`).
+    #[arg(last = true)]
+    args: Vec<OsString>,
 }
 
 #[derive(Args)]
@@ -60,6 +79,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Xdp(xdp) => run_xdp(xdp),
         Which::Proxy(proxy) => run_proxy(proxy),
+        Which::Fga(fga) => {
+            header("setup");
+            setup::run()?;
+            header("cargo bench -p ztag-userspace --bench fga");
+            let mut bench = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "fga", "--"]);
+            if fga.quick {
+                bench.arg("--quick");
+            }
+            bench.args(&fga.args);
+            if std::env::var_os("ZTAG_FGA").is_none() {
+                bench.env("ZTAG_FGA", setup::fga_dir().join("bin/fga"));
+            }
+            run_command(&mut bench)
+        }
     }
 }
 

@@ -28,7 +28,7 @@ enum Task {
     Test(test::TestArgs),
     /// Setup, then run the gateway in release mode.
     Run(run::RunArgs),
-    /// Setup, then run a benchmark (`bench xdp` or `bench proxy`, `--quick`; needs root).
+    /// Setup, then run a benchmark (`bench xdp`, `bench proxy` or `bench fga`, `--quick`; xdp needs root).
     Bench(bench::BenchArgs),
     /// Run a fuzz target of fuzz/ for a while (nightly, cargo-fuzz).
     Fuzz(fuzz::FuzzArgs),

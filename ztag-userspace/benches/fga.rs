@@ -244,6 +244,7 @@ fn fga_bin() -> std::path::PathBuf {
         return p.into();
     }
     if let Some(h) = std::env::var_os("HOME") {
+        // Where `cargo xtask setup` puts it.
         let p = std::path::PathBuf::from(h).join(".local/share/ztag/fga/bin/fga");
         if p.exists() {
             return p;

@@ -488,6 +488,32 @@ fn store_endpoint(
             let users: Vec<Value> = users.iter().map(|u| user_json(u)).collect();
             ok(json!({"users": users}))
         }
+        ("POST", ["expand"]) => {
+            #[derive(Deserialize)]
+            struct ExpandKey {
+                relation: String,
+                object: String,
+            }
+            #[derive(Deserialize)]
+            struct ExpandBody {
+                tuple_key: ExpandKey,
+                #[serde(default)]
+                authorization_model_id: Option<String>,
+                #[serde(default)]
+                contextual_tuples: Option<TupleKeys>,
+            }
+            let b = body!(ExpandBody);
+            let q = Query {
+                contextual: contextual(&b.contextual_tuples),
+                context: None,
+            };
+            match store.with_engine(b.authorization_model_id.as_deref(), |e| {
+                e.expand(&b.tuple_key.object, &b.tuple_key.relation, &q)
+            }) {
+                Ok(tree) => ok(json!({ "tree": tree })),
+                Err(e) => fail(e),
+            }
+        }
         ("POST", ["import"]) => {
             let text = String::from_utf8_lossy(body);
             let tuples = match super::testfile::parse_tuples(&text, "jsonl") {

@@ -338,6 +338,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_and_model_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gateway");
+        let c =
+            crate::config::Config::load(&dir.join("ztag.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let AuthzConfig::Embedded { model_file, .. } = &c.authz else {
+            panic!("the example uses the embedded engine")
+        };
+        let m = crate::authz::testfile::load_model_file(model_file.as_ref().unwrap()).unwrap();
+        assert!(m.type_definitions.iter().any(|t| t.type_name == "document"));
+        let docs = c.gateway.routes.iter().find(|r| r.name == "docs").unwrap();
+        assert_eq!(docs.authz.len(), 1);
+    }
+
+    #[test]
     fn remote_problems_name_their_keys() {
         let (_, p) = parse(
             "mode = \"remote\"\n[remote]\napi_url = \"ftp://x\"\nstore_id = \"nope\"\n[remote.credentials]\nmethod = \"client_credentials\"\n",

@@ -864,6 +864,89 @@ impl<'a> Engine<'a> {
     }
 }
 
+impl Engine<'_> {
+    /// Expand: the userset tree of `object#relation`, one level deep, in
+    /// OpenFGA's JSON shape (`{"root": {"name", "union"|"intersection"|
+    /// "difference"|"leaf"}}`); computed usersets and tuple-to-userset
+    /// targets are named, not expanded.
+    pub fn expand(&self, object: &str, relation: &str, q: &Query<'_>) -> Result<Value, AuthzError> {
+        let mut cx = self.new_cx();
+        let (obj, ty_name) = self.object(&mut cx, object)?;
+        let rel = self.rel_sym(obj.ty(), ty_name, relation)?;
+        self.add_contextual(&mut cx, q)?;
+        let ri = self.model.rel(obj.ty(), rel).expect("checked");
+        let r = self.resolver(&cx, q, User { obj, rel: NO_REL });
+        let name = format!("{object}#{relation}");
+        Ok(serde_json::json!({ "root": self.expand_node(&r, &cx, &ri.rw, ri, obj, &name) }))
+    }
+
+    fn expand_node(
+        &self,
+        r: &Resolver<'_>,
+        cx: &Contextual,
+        rw: &Rw,
+        ri: &RelInfo,
+        obj: Obj,
+        name: &str,
+    ) -> Value {
+        let s = self.store;
+        let obj_name = |o: Obj| format!("{}:{}", cx.name(s, o.ty()), cx.name(s, o.id()));
+        let user_name = |u: User| {
+            if u.rel == NO_REL {
+                obj_name(u.obj)
+            } else {
+                format!("{}#{}", obj_name(u.obj), cx.name(s, u.rel))
+            }
+        };
+        let nodes = |c: &[Rw]| -> Value {
+            Value::Array(
+                c.iter()
+                    .map(|c| self.expand_node(r, cx, c, ri, obj, name))
+                    .collect(),
+            )
+        };
+        let body = match rw {
+            Rw::This => {
+                let mut users: Vec<String> = r
+                    .tuples_of(obj, ri.name)
+                    .filter(|(u, c)| self.model.readable(ri, *u, self.star, *c))
+                    .map(|(u, _)| user_name(u))
+                    .collect();
+                users.sort();
+                serde_json::json!({"leaf": {"users": {"users": users}}})
+            }
+            Rw::Computed(c) => {
+                serde_json::json!({"leaf": {"computed": {"userset": format!("{}#{}", obj_name(obj), cx.name(s, *c))}}})
+            }
+            Rw::Ttu { tupleset, computed } => {
+                let mut targets: Vec<Value> = match self.model.rel(obj.ty(), *tupleset) {
+                    Some(tri) => r
+                        .tuples_of(obj, *tupleset)
+                        .filter(|(u, c)| self.model.readable(tri, *u, self.star, *c))
+                        .filter(|(u, _)| self.model.rel(u.obj.ty(), *computed).is_some())
+                        .map(|(u, _)| serde_json::json!({"userset": format!("{}#{}", obj_name(u.obj), cx.name(s, *computed))}))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                targets.sort_by_key(|v| v.to_string());
+                serde_json::json!({"leaf": {"tupleToUserset": {"tupleset": format!("{}#{}", obj_name(obj), cx.name(s, *tupleset)), "computed": targets}}})
+            }
+            Rw::Union(c) => serde_json::json!({"union": {"nodes": nodes(c)}}),
+            Rw::Inter(c) => serde_json::json!({"intersection": {"nodes": nodes(c)}}),
+            Rw::Diff(b, sub) => serde_json::json!({"difference": {
+                "base": self.expand_node(r, cx, b, ri, obj, name),
+                "subtract": self.expand_node(r, cx, sub, ri, obj, name),
+            }}),
+        };
+        let mut node = serde_json::Map::new();
+        node.insert("name".into(), Value::String(name.to_string()));
+        if let Value::Object(m) = body {
+            node.extend(m);
+        }
+        Value::Object(node)
+    }
+}
+
 /// The users of one subtree: concrete users, and maybe "everyone of the
 /// type except these".
 #[derive(Debug, Default, Clone)]
@@ -1341,5 +1424,85 @@ impl<'e> Resolver<'e> {
             Some(e) => Err(e),
             None => Ok(Out::Denied { cycle }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{dsl, model::TupleKey, store::Store};
+
+    fn store() -> Store {
+        let s = Store::new("s".into(), "s".into(), None);
+        let m = dsl::parse(
+            "model\n  schema 1.1\ntype user\ntype group\n  relations\n    define member: [user]\ntype folder\n  relations\n    define viewer: [user]\ntype doc\n  relations\n    define parent: [folder]\n    define owner: [user]\n    define blocked: [user]\n    define viewer: ([user, group#member] or owner or viewer from parent) but not blocked\n",
+        )
+        .unwrap();
+        s.add_model(m, false).unwrap();
+        let t = |o: &str, r: &str, u: &str| TupleKey::new(o, r, u);
+        s.write(
+            None,
+            &[
+                t("doc:1", "viewer", "user:anne"),
+                t("doc:1", "viewer", "group:eng#member"),
+                t("doc:1", "parent", "folder:a"),
+                t("folder:a", "viewer", "user:bob"),
+                t("doc:1", "blocked", "user:carl"),
+                t("folder:a", "viewer", "user:carl"),
+            ],
+            &[],
+            None,
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn expand_names_one_level_in_openfga_shape() {
+        let s = store();
+        let tree = s
+            .with_engine(None, |e| e.expand("doc:1", "viewer", &Query::default()))
+            .unwrap();
+        let root = &tree["root"];
+        assert_eq!(root["name"], "doc:1#viewer");
+        let base = &root["difference"]["base"]["union"]["nodes"];
+        assert_eq!(
+            base[0]["leaf"]["users"]["users"],
+            serde_json::json!(["group:eng#member", "user:anne"])
+        );
+        assert_eq!(base[1]["leaf"]["computed"]["userset"], "doc:1#owner");
+        assert_eq!(
+            base[2]["leaf"]["tupleToUserset"]["computed"],
+            serde_json::json!([{"userset": "folder:a#viewer"}])
+        );
+        assert_eq!(
+            root["difference"]["subtract"]["leaf"]["computed"]["userset"],
+            "doc:1#blocked"
+        );
+    }
+
+    #[test]
+    fn checks_follow_parents_and_exclusions() {
+        let s = store();
+        let q = Query::default();
+        assert!(s.check(None, "doc:1", "viewer", "user:bob", &q).unwrap());
+        assert!(
+            !s.check(None, "doc:1", "viewer", "user:carl", &q).unwrap(),
+            "blocked"
+        );
+        assert!(!s.check(None, "doc:1", "viewer", "user:dan", &q).unwrap());
+        // Contextual tuples count for this request only.
+        let extra = [TupleKey::new("group:eng", "member", "user:dan")];
+        let q2 = Query {
+            contextual: &extra,
+            context: None,
+        };
+        assert!(s.check(None, "doc:1", "viewer", "user:dan", &q2).unwrap());
+        assert!(!s.check(None, "doc:1", "viewer", "user:dan", &q).unwrap());
+        let e = s
+            .check(None, "doc:1", "editor", "user:dan", &q)
+            .unwrap_err();
+        assert_eq!(e.code(), 2000, "{e}");
+        assert!(e.to_string().contains("doc#editor"), "{e}");
     }
 }
