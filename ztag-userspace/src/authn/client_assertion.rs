@@ -67,6 +67,10 @@ pub(crate) struct ReplayCache {
     seen: Cache<[u8; 32], ForgetAt>,
     live: Arc<AtomicU64>,
     max: u64,
+    /// Striped locks: look-up and insert of one key happen under its
+    /// stripe's lock, so of concurrent uses of a jti exactly one wins
+    /// (moka's entry API alone let two through under load).
+    stripes: Vec<std::sync::Mutex<()>>,
 }
 
 impl ReplayCache {
@@ -80,7 +84,12 @@ impl ReplayCache {
                 l.fetch_sub(1, Ordering::AcqRel);
             })
             .build();
-        ReplayCache { seen, live, max }
+        ReplayCache {
+            seen,
+            live,
+            max,
+            stripes: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
+        }
     }
 
     fn reserve(&self) -> bool {
@@ -104,6 +113,9 @@ impl ReplayCache {
         ctx.update(jti.as_bytes());
         let mut key = [0u8; 32];
         key.copy_from_slice(ctx.finish().as_ref());
+        let _stripe = self.stripes[key[0] as usize % self.stripes.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // A known jti is a replay whether or not the cache is full.
         if self.seen.contains_key(&key) {
             return Err(reason::REPLAYED);
@@ -115,13 +127,8 @@ impl ReplayCache {
                 return Err(reason::REPLAY_CACHE_FULL);
             }
         }
-        let e = self.seen.entry(key).or_insert(ForgetAt(forget_at));
-        if e.is_fresh() {
-            Ok(())
-        } else {
-            self.live.fetch_sub(1, Ordering::AcqRel);
-            Err(reason::REPLAYED)
-        }
+        self.seen.insert(key, ForgetAt(forget_at));
+        Ok(())
     }
 }
 
