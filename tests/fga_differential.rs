@@ -945,20 +945,7 @@ fn describe(c: &Case, file: &Path, what: &str) -> String {
 }
 
 fn fga_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ZTAG_FGA").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
-    if let Some(d) = data {
-        let p = d.join("ztag/fga/bin/fga");
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from("fga")
+    ztag_tests::fga_bin()
 }
 
 fn env_num(name: &str) -> Option<u64> {
