@@ -76,11 +76,47 @@ pub struct TupleCond {
     pub context: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
+/// One interner table slot: the symbol, and names up to 11 bytes inline, so
+/// that looking up a short name (most ids) touches only the table, not the
+/// name's heap copy.
+#[derive(Clone, Copy)]
+struct Slot {
+    sym: Sym,
+    /// Length of an inline name, or `LONG`.
+    len: u8,
+    bytes: [u8; INLINE],
+}
+
+const INLINE: usize = 11;
+const LONG: u8 = u8::MAX;
+
+impl Slot {
+    fn new(sym: Sym, s: &str) -> Slot {
+        let mut bytes = [0u8; INLINE];
+        let len = if s.len() <= INLINE {
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            s.len() as u8
+        } else {
+            LONG
+        };
+        Slot { sym, len, bytes }
+    }
+
+    #[inline]
+    fn matches(&self, s: &str, names: &[Box<str>]) -> bool {
+        if self.len == LONG {
+            s.len() > INLINE && &*names[self.sym as usize] == s
+        } else {
+            s.len() == self.len as usize && &self.bytes[..s.len()] == s.as_bytes()
+        }
+    }
+}
+
 /// A string interner that keeps each name once.
 #[derive(Default)]
 pub struct Interner {
     names: Vec<Box<str>>,
-    table: HashTable<Sym>,
+    table: HashTable<Slot>,
     hasher: DefaultHashBuilder,
 }
 
@@ -90,22 +126,23 @@ impl Interner {
     pub fn get(&self, s: &str) -> Option<Sym> {
         let h = self.hasher.hash_one(s);
         self.table
-            .find(h, |&sym| &*self.names[sym as usize] == s)
-            .copied()
+            .find(h, |slot| slot.matches(s, &self.names))
+            .map(|slot| slot.sym)
     }
 
     /// The symbol of `s`, interning it if new.
     pub fn intern(&mut self, s: &str) -> Sym {
         let h = self.hasher.hash_one(s);
-        if let Some(&sym) = self.table.find(h, |&sym| &*self.names[sym as usize] == s) {
-            return sym;
+        if let Some(slot) = self.table.find(h, |slot| slot.matches(s, &self.names)) {
+            return slot.sym;
         }
         let sym = self.names.len() as Sym;
         self.names.push(s.into());
         let names = &self.names;
         let hasher = &self.hasher;
-        self.table
-            .insert_unique(h, sym, |&k| hasher.hash_one(&*names[k as usize]));
+        self.table.insert_unique(h, Slot::new(sym, s), |slot| {
+            hasher.hash_one(&*names[slot.sym as usize])
+        });
         sym
     }
 
@@ -560,6 +597,32 @@ mod tests {
         s.remove(t);
         s.insert_key(&k).unwrap();
         assert_eq!(s.get(t.obj, t.rel, t.user), Some(c), "slot reused");
+    }
+
+    #[test]
+    fn the_interner_tells_short_and_long_names_apart() {
+        let mut i = Interner::default();
+        let names = [
+            "",
+            "a",
+            "d123456",
+            "exactly11ch",
+            "twelve-chars",
+            "a-much-longer-name-than-eleven",
+        ];
+        let syms: Vec<Sym> = names.iter().map(|n| i.intern(n)).collect();
+        for (n, s) in names.iter().zip(&syms) {
+            assert_eq!(i.get(n), Some(*s), "{n}");
+            assert_eq!(i.name(*s), *n);
+            assert_eq!(i.intern(n), *s, "interned once");
+        }
+        assert_eq!(i.get("exactly11c"), None);
+        assert_eq!(i.get("twelve-charz"), None);
+        for k in 0..10_000 {
+            i.intern(&format!("id{k}"));
+        }
+        assert_eq!(i.get("id9999").map(|s| i.name(s)), Some("id9999"));
+        assert_eq!(i.get("a-much-longer-name-than-eleven"), Some(syms[5]));
     }
 
     #[test]
