@@ -3,6 +3,7 @@
 //! `detach`.
 
 pub mod fga;
+pub mod inspect;
 
 use std::{
     io::Read,
@@ -78,6 +79,10 @@ pub enum Command {
         #[command(subcommand)]
         cmd: fga::FgaCmd,
     },
+    /// AI content inspection offline: the prompt-injection detector and the
+    /// content filter on your own text; detector training and evaluation.
+    #[command(subcommand)]
+    Inspect(inspect::InspectCmd),
     /// Detach the program from every interface and remove the pinned maps.
     /// Stop the daemon first; blocked sources are no longer dropped after this.
     Detach {
@@ -218,6 +223,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Block(cmd) => list_cmd(&client, "block", cmd).await,
         Command::Allow(cmd) => list_cmd(&client, "allow", cmd).await,
         Command::Fga { store, cmd } => fga::run(&client, &store, cmd).await,
+        Command::Inspect(cmd) => inspect::run(cmd),
         Command::Stats { json } => {
             need_root("ztag stats", &cli.socket)?;
             let rows: Vec<StatRow> = client.get("/v1/stats").await?;

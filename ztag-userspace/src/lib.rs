@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inspect;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
