@@ -72,6 +72,8 @@ pub struct Config {
     pub authn: crate::authn::RawAuthn,
     /// The FGA engine route policies ask.
     pub authz: crate::authz::config::AuthzConfig,
+    /// AI content inspection (detector weights, flag header).
+    pub inspect: crate::inspect::InspectConfig,
     /// Directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
 }
@@ -147,6 +149,8 @@ struct RawConfig {
     authn: crate::authn::RawAuthn,
     #[serde(default)]
     authz: crate::authz::config::RawAuthz,
+    #[serde(default)]
+    inspect: crate::inspect::config::RawInspect,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -254,6 +258,7 @@ impl Config {
             gateway,
             authn,
             authz,
+            inspect,
         } = raw;
 
         let RawXdp {
@@ -379,6 +384,7 @@ impl Config {
 
         authn.validate(&mut problems);
         let authz = authz.validate(base, &mut problems);
+        let inspect = inspect.validate(base, &mut problems);
         let gateway = gateway.validate(base, &authn.provider_names(), &mut problems);
 
         if !problems.is_empty() {
@@ -408,6 +414,7 @@ impl Config {
             gateway,
             authn,
             authz,
+            inspect,
             base_dir: base.to_path_buf(),
         })
     }

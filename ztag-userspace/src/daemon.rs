@@ -253,7 +253,20 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         .await
         .map_err(StartError)?;
     let (authz, decider) = start_authz(&config)?;
-    let gateway = Gateway::new(&config.gateway, authn, decider, metrics.registry())?;
+    let inspector = Arc::new(
+        crate::inspect::Inspector::new(config.inspect.clone(), metrics.registry())
+            .map_err(|e| StartError(vec![format!("{e:#}")]))?,
+    );
+    let risk_events = crate::risk::Events::new(4096, metrics.registry())
+        .map_err(|e| StartError(vec![format!("registering risk metrics: {e}")]))?;
+    let gateway = Gateway::new(
+        &config.gateway,
+        authn,
+        decider,
+        inspector,
+        Some(risk_events),
+        metrics.registry(),
+    )?;
     let bound = gateway.bind()?;
 
     let (enforcer, interfaces, events) = if config.xdp.enabled {

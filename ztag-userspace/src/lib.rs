@@ -13,5 +13,6 @@ pub mod fuzzing;
 pub mod inspect;
 pub mod metrics;
 pub mod proxy;
+pub mod risk;
 pub mod state;
 pub mod xdp;

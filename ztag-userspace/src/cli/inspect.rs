@@ -143,8 +143,34 @@ fn detector(model: Option<&Path>) -> Result<Detector> {
 }
 
 fn content(file: &str, jsonl: bool) -> Result<()> {
-    let _ = (file, jsonl);
-    bail!("the content filter is not built into this binary yet")
+    let f = crate::inspect::content::ContentFilter::shared_all();
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    for_each_input(file, jsonl, |text| {
+        let (red, fs) = f.redact(text.as_bytes());
+        let red = String::from_utf8_lossy(&red);
+        if jsonl {
+            let findings: Vec<serde_json::Value> = fs
+                .iter()
+                .map(|x| serde_json::json!({"kind": x.kind.as_str(), "start": x.start, "end": x.end}))
+                .collect();
+            let v =
+                serde_json::json!({"found": !fs.is_empty(), "findings": findings, "redacted": red});
+            serde_json::to_writer(&mut out, &v)?;
+            writeln!(out)?;
+        } else {
+            let kinds: Vec<&str> = fs.iter().map(|x| x.kind.as_str()).collect();
+            let tag = if kinds.is_empty() {
+                "ok".to_owned()
+            } else {
+                kinds.join(",")
+            };
+            writeln!(out, "{tag}\t{red}")?;
+        }
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Calls `f` with each input: a line, or the "text" of a JSON line. A JSON

@@ -114,6 +114,11 @@ struct RawRoute {
     require_claims: Option<toml::Table>,
     path_pattern: Option<String>,
     authz: Option<Vec<crate::authz::policy::RawCheck>>,
+    inspect: Option<String>,
+    inspect_action: Option<String>,
+    inspect_threshold: Option<f32>,
+    response_filter: Option<String>,
+    response_filter_kinds: Option<Vec<String>>,
 }
 
 /// Validated `[gateway]`.
@@ -274,6 +279,10 @@ pub struct RouteConfig {
     pub path_pattern: Option<crate::authz::policy::PathPattern>,
     /// FGA checks that must all allow (none: no FGA check).
     pub authz: Vec<crate::authz::policy::CheckPolicy>,
+    /// Request-body inspection (`inspect = "llm" | "mcp" | "text"`).
+    pub inspect: Option<crate::inspect::RouteInspect>,
+    /// Response content filter (`response_filter = …`).
+    pub filter: Option<crate::inspect::RouteFilter>,
 }
 
 fn dur(key: &str, v: &Option<String>, default: &str, problems: &mut Vec<String>) -> Duration {
@@ -600,6 +609,11 @@ impl RawGateway {
                 require_claims,
                 path_pattern,
                 authz,
+                inspect,
+                inspect_action,
+                inspect_threshold,
+                response_filter,
+                response_filter_kinds,
             } = r;
             let key = format!("gateway.route[{i}]");
             let name = name.unwrap_or_else(|| format!("route{i}"));
@@ -706,6 +720,14 @@ impl RawGateway {
                     "{key}: authz checks name the caller, and the route is public (set authenticate)"
                 ));
             }
+            let (inspect, filter) = crate::inspect::config::RawRouteInspect {
+                inspect,
+                inspect_action,
+                inspect_threshold,
+                response_filter,
+                response_filter_kinds,
+            }
+            .validate(&key, problems);
             routes.push(RouteConfig {
                 name,
                 hosts,
@@ -718,6 +740,8 @@ impl RawGateway {
                 require_claims,
                 path_pattern,
                 authz: checks,
+                inspect,
+                filter,
             });
         }
 

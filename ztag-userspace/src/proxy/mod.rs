@@ -21,6 +21,7 @@ pub mod access_log;
 pub mod config;
 pub mod h1scan;
 pub mod headers;
+pub mod inspect;
 mod metrics;
 pub mod normalize;
 pub mod route;
@@ -116,6 +117,28 @@ pub enum ProxyError {
     /// (which denies too).
     #[error("authorization denied")]
     Forbidden,
+    /// The request carries prompt injection (`inspect_action = "block"`);
+    /// the category, and the JSON-RPC id for an MCP request.
+    #[error("prompt injection: {category}")]
+    Injection {
+        /// Detector category.
+        category: &'static str,
+        /// `Some` on an MCP route: the answer is a JSON-RPC error.
+        jsonrpc_id: Option<serde_json::Value>,
+    },
+    /// The body could not be read as the route's inspection expects.
+    #[error("body cannot be inspected: {0}")]
+    Uninspectable(#[from] crate::inspect::codec::CodecError),
+    /// The client's body broke off.
+    #[error("request body read failed")]
+    BodyRead,
+    /// The response filter refused the response.
+    #[error("response blocked by the content filter")]
+    ResponseBlocked,
+    /// The response could not be inspected (compressed, or too large to
+    /// judge whole) on a route whose filter does more than log.
+    #[error("response cannot be inspected")]
+    ResponseUninspectable,
     /// The request could not be rebuilt for the upstream (a bug).
     #[error("internal error")]
     Internal,
@@ -137,6 +160,11 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Injection { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Uninspectable(_) | ProxyError::BodyRead => StatusCode::BAD_REQUEST,
+            ProxyError::ResponseBlocked | ProxyError::ResponseUninspectable => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -156,6 +184,11 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamProtocol => "upstream_protocol",
             ProxyError::Forbidden => "authz_denied",
+            ProxyError::Injection { .. } => "prompt_injection",
+            ProxyError::Uninspectable(_) => "uninspectable_body",
+            ProxyError::BodyRead => "body_read",
+            ProxyError::ResponseBlocked => "response_blocked",
+            ProxyError::ResponseUninspectable => "response_uninspectable",
             ProxyError::Internal => "internal",
         }
     }
@@ -171,13 +204,27 @@ impl ProxyError {
             ProxyError::NoPeer => "service_unavailable",
             ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => "bad_gateway",
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => "gateway_timeout",
-            ProxyError::Forbidden => "forbidden",
+            ProxyError::Forbidden | ProxyError::Injection { .. } => "forbidden",
+            ProxyError::Uninspectable(_) | ProxyError::BodyRead => "bad_request",
+            ProxyError::ResponseBlocked | ProxyError::ResponseUninspectable => "bad_gateway",
             ProxyError::Internal => "internal_error",
         }
     }
 
     fn response(&self) -> Response<RespBody> {
-        let body = format!("{{\"error\":\"{}\"}}\n", self.category());
+        let body = match self {
+            ProxyError::Injection {
+                category,
+                jsonrpc_id: Some(id),
+            } => format!(
+                "{}\n",
+                inspect::jsonrpc_blocked(id, category, "prompt injection in the request")
+            ),
+            ProxyError::Injection { category, .. } => format!(
+                "{{\"error\":\"forbidden\",\"reason\":\"prompt_injection\",\"category\":\"{category}\"}}\n"
+            ),
+            _ => format!("{{\"error\":\"{}\"}}\n", self.category()),
+        };
         let mut r = Response::new(full(body));
         *r.status_mut() = self.status();
         let h = r.headers_mut();
@@ -230,6 +277,8 @@ pub struct StartError(pub Vec<String>);
 
 struct RouteRt {
     methods: MethodSet,
+    /// What the route does to responses.
+    plan: inspect::ResponsePlan,
 }
 
 struct Listener {
@@ -242,6 +291,8 @@ pub struct Gateway {
     cfg: GatewayConfig,
     authn: Arc<Authn>,
     authz: Option<Arc<crate::authz::remote::Decider>>,
+    inspector: Arc<crate::inspect::Inspector>,
+    events: Option<crate::risk::Events>,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -368,6 +419,8 @@ impl Gateway {
         cfg: &GatewayConfig,
         authn: Arc<Authn>,
         authz: Option<Arc<crate::authz::remote::Decider>>,
+        inspector: Arc<crate::inspect::Inspector>,
+        events: Option<crate::risk::Events>,
         registry: &prometheus::Registry,
     ) -> Result<Arc<Gateway>, StartError> {
         let mut problems = Vec::new();
@@ -381,12 +434,20 @@ impl Gateway {
         }
         let mut routes = Vec::new();
         for (i, r) in cfg.routes.iter().enumerate() {
+            let plan = inspect::ResponsePlan {
+                mcp: r.inspect.filter(|x| x.mode == crate::inspect::Mode::Mcp),
+                filter: r
+                    .filter
+                    .as_ref()
+                    .map(|f| (inspector.filter_for(f), f.action)),
+            };
             match authn.resolve(&r.authenticate) {
-                Ok(m) => routes.push(RouteRt { methods: m }),
+                Ok(m) => routes.push(RouteRt { methods: m, plan }),
                 Err(e) => {
                     problems.push(format!("gateway.route[{i}].authenticate: {e}"));
                     routes.push(RouteRt {
                         methods: MethodSet::default(),
+                        plan,
                     });
                 }
             }
@@ -456,6 +517,8 @@ impl Gateway {
             cfg: cfg.clone(),
             authn,
             authz,
+            inspector,
+            events,
             routes,
             pools,
             listeners,
@@ -792,6 +855,61 @@ impl Gateway {
                 .await?;
         }
 
+        // inspect request: the body, read whole (up to max_body_bytes),
+        // through the detector; block, flag or log.
+        let bodiless = body.is_end_stream();
+        let limit = self.cfg.limits.max_body_bytes as usize;
+        let mut up_body: UpBody = if bodiless {
+            Empty::new().map_err(|never| match never {}).boxed_unsync()
+        } else {
+            Limited::new(body, limit).boxed_unsync()
+        };
+        let ctx = || inspect::Ctx {
+            route: route.name.clone(),
+            source: conn.peer.ip(),
+            principal: principal.as_ref().map(|p| p.subject.clone()),
+            client_id: principal.as_ref().and_then(|p| p.client_id.clone()),
+            events: self.events.clone(),
+        };
+        let mut flag = None;
+        if let Some(ri) = &route.inspect
+            && !bodiless
+        {
+            let bytes = match up_body.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                Err(_) => return Err(ProxyError::BodyRead),
+            };
+            if let Some(d) = self.inspector.inspect_request(&route.name, ri, &bytes)? {
+                ctx().detection(
+                    &d,
+                    crate::risk::EventKind::PromptInjection,
+                    ri.action.as_str(),
+                );
+                match ri.action {
+                    crate::inspect::Action::Block => {
+                        let jsonrpc_id = (ri.mode == crate::inspect::Mode::Mcp).then(|| {
+                            crate::inspect::codec::mcp_messages(&bytes)
+                                .ok()
+                                .and_then(|m| m.first().and_then(|m| m.get("id").cloned()))
+                                .unwrap_or(serde_json::Value::Null)
+                        });
+                        return Err(ProxyError::Injection {
+                            category: d.verdict.category,
+                            jsonrpc_id,
+                        });
+                    }
+                    crate::inspect::Action::Flag => flag = Some(inspect::flag_value(&d)),
+                    crate::inspect::Action::Log => {}
+                }
+            }
+            up_body = Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+        }
+
         // upstream: rebuild the head for the peer.
         let pool = &self.pools[route.upstream];
         let trusted = self.is_trusted(conn.peer.ip());
@@ -823,6 +941,17 @@ impl Gateway {
         if let Some(p) = &principal {
             self.identity(&mut parts.headers, p);
         }
+        parts.headers.remove(&self.inspector.config.flag_header);
+        if let Some(f) = flag {
+            parts
+                .headers
+                .insert(self.inspector.config.flag_header.clone(), f);
+        }
+        let plan = &self.routes[ri].plan;
+        if !plan.is_empty() {
+            // Responses the gateway must read come uncompressed.
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.into_owned(),
@@ -840,15 +969,9 @@ impl Gateway {
             Version::HTTP_11
         };
 
-        let bodiless = body.is_end_stream();
         // Only then are the headers kept for a second attempt.
         let retryable = bodiless && is_idempotent(&parts.method) && pool.peers.len() > 1;
-        let limit = self.cfg.limits.max_body_bytes as usize;
-        let mut body: Option<UpBody> = Some(if bodiless {
-            Empty::new().map_err(|never| match never {}).boxed_unsync()
-        } else {
-            Limited::new(body, limit).boxed_unsync()
-        });
+        let mut body: Option<UpBody> = Some(up_body);
 
         let mut avoid: Option<Arc<upstream::Peer>> = None;
         for attempt in 0..2 {
@@ -892,6 +1015,9 @@ impl Gateway {
                         pool.record(&lease.peer, true);
                     }
                     headers::strip_hop_by_hop(resp.headers_mut());
+                    if !plan.is_empty() {
+                        return self.filter_response(plan, resp, ctx(), limit).await;
+                    }
                     let resp = resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed_unsync());
                     // The lease (outstanding count) ends with the head: the
                     // body streams on its own.
@@ -919,6 +1045,56 @@ impl Gateway {
             }
         }
         Err(ProxyError::UpstreamConnect)
+    }
+
+    /// filter response: MCP indirect-injection inspection and the content
+    /// filter, whole or streaming (see [`inspect`]).
+    async fn filter_response(
+        &self,
+        plan: &inspect::ResponsePlan,
+        resp: Response<Incoming>,
+        ctx: inspect::Ctx,
+        limit: usize,
+    ) -> Result<Response<RespBody>, ProxyError> {
+        let (mut parts, body) = resp.into_parts();
+        if inspect::is_encoded(&parts.headers) {
+            if plan.log_only() {
+                debug!(route = %ctx.route, "compressed response passed uninspected (log-only route)");
+                return Ok(Response::from_parts(
+                    parts,
+                    body.map_err(|e| Box::new(e) as _).boxed_unsync(),
+                ));
+            }
+            return Err(ProxyError::ResponseUninspectable);
+        }
+        let sse = inspect::is_sse(&parts.headers);
+        if plan.must_buffer(sse) {
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(ProxyError::ResponseUninspectable);
+                }
+                Err(_) => return Err(ProxyError::UpstreamProtocol),
+            };
+            let (out, flag) = inspect::whole(&self.inspector, plan, &ctx, bytes)
+                .map_err(|_| ProxyError::ResponseBlocked)?;
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            if let Some(f) = flag {
+                parts
+                    .headers
+                    .insert(self.inspector.config.flag_header.clone(), f);
+            }
+            return Ok(Response::from_parts(parts, full(out)));
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let streamer = inspect::Streamer::new(self.inspector.clone(), plan, ctx, sse);
+        Ok(Response::from_parts(
+            parts,
+            inspect::Filtered::new(body, streamer).boxed_unsync(),
+        ))
     }
 
     fn peer_failed(&self, pool: &Pool, peer: &upstream::Peer) {

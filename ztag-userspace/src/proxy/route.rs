@@ -78,6 +78,8 @@ mod tests {
             require_claims: vec![],
             path_pattern: None,
             authz: vec![],
+            inspect: None,
+            filter: None,
         }
     }
 
