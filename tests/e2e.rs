@@ -4,5 +4,6 @@
 
 mod fga;
 mod gateway;
+mod inspect;
 mod prog_test_run;
 mod xdp_netns;

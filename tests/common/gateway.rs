@@ -374,6 +374,44 @@ upstream = "idp-untrusted"
 public = true
 
 [[gateway.route]]
+name = "llm"
+path_prefix = "/llm/"
+upstream = "echo"
+public = true
+inspect = "llm"
+inspect_action = "block"
+
+[[gateway.route]]
+name = "llm-flag"
+path_prefix = "/llm-flag/"
+upstream = "echo"
+public = true
+inspect = "llm"
+inspect_action = "flag"
+
+[[gateway.route]]
+name = "mcp"
+path_prefix = "/mcp/"
+upstream = "echo"
+public = true
+inspect = "mcp"
+response_filter = "redact"
+
+[[gateway.route]]
+name = "filtered"
+path_prefix = "/filtered/"
+upstream = "echo"
+public = true
+response_filter = "redact"
+
+[[gateway.route]]
+name = "filter-block"
+path_prefix = "/filter-block/"
+upstream = "echo"
+public = true
+response_filter = "block"
+
+[[gateway.route]]
 name = "public"
 path_prefix = "/"
 upstream = "echo"

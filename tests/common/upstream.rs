@@ -119,7 +119,26 @@ impl Drop for Upstream {
     }
 }
 
-async fn echo(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// A body sent as separate chunks (chunked transfer encoding / DATA frames).
+pub struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// `x-echo-reply: body` answers with the request's own body (or the
+/// base64 `x-echo-body-b64` header: the test's chosen response), with `x-echo-content-type` as its type, in chunks of
+/// `x-echo-chunk` bytes.
+async fn echo(s: &Shared, req: Request<Incoming>) -> Response<EchoBody> {
     s.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -140,10 +159,19 @@ async fn echo(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let status = hdr("x-echo-status")
         .map(|v| v as u16)
         .unwrap_or(s.status.load(Ordering::SeqCst));
-    let body_len = match body.collect().await {
-        Ok(b) => b.to_bytes().len() as i64,
-        Err(_) => -1,
-    };
+    let raw = body.collect().await.map(|b| b.to_bytes()).ok();
+    let body_len = raw.as_ref().map(|b| b.len() as i64).unwrap_or(-1);
+    let reply_raw = parts
+        .headers
+        .get("x-echo-reply")
+        .is_some_and(|v| v == "body");
+    let content_type = parts
+        .headers
+        .get("x-echo-content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let chunk = hdr("x-echo-chunk").unwrap_or(0) as usize;
     let doc = json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
@@ -156,6 +184,28 @@ async fn echo(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    if reply_raw {
+        use base64::Engine as _;
+        // `x-echo-body-b64` gives the reply instead of the request body.
+        let raw = match parts.headers.get("x-echo-body-b64") {
+            Some(v) => Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .unwrap_or_default(),
+            ),
+            None => raw.unwrap_or_default(),
+        };
+        let parts: std::collections::VecDeque<Bytes> = if chunk == 0 {
+            [raw].into()
+        } else {
+            raw.chunks(chunk).map(Bytes::copy_from_slice).collect()
+        };
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", content_type)
+            .body(Chunks(parts).boxed())
+            .unwrap();
+    }
     Response::builder()
         .status(if status.as_u16() < 200 {
             StatusCode::OK
@@ -164,6 +214,6 @@ async fn echo(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         })
         .header("content-type", "application/json")
         .header("x-echo", "1")
-        .body(Full::new(Bytes::from(doc.to_string())))
+        .body(Full::new(Bytes::from(doc.to_string())).boxed())
         .unwrap()
 }

@@ -41,6 +41,9 @@ enum Which {
     /// from SQLite, memory; OpenFGA's own engine (its CLI's `model test`)
     /// on the same test file as the anchor.
     Fga(FgaArgs),
+    /// The prompt-injection detector (1 KB latency, MB/s on mixed text) and
+    /// the content filter (MB/s with and without hits, whole and streamed).
+    Inspect(FgaArgs),
 }
 
 #[derive(Args)]
@@ -79,6 +82,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Xdp(xdp) => run_xdp(xdp),
         Which::Proxy(proxy) => run_proxy(proxy),
+        Which::Inspect(a) => {
+            header("cargo bench -p ztag-userspace --bench inspect");
+            let mut bench =
+                crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "inspect", "--"]);
+            if a.quick {
+                bench.arg("--quick");
+            }
+            bench.args(&a.args);
+            run_command(&mut bench)
+        }
         Which::Fga(fga) => {
             header("setup");
             setup::run()?;

@@ -32,6 +32,10 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Run a fuzz target of fuzz/ for a while (nightly, cargo-fuzz).
     Fuzz(fuzz::FuzzArgs),
+    /// Retrain the prompt-injection detector from ../shared/data and write
+    /// ztag-userspace/models/detector.bin (deterministic: the same data gives
+    /// the same bytes); prints the held-out report.
+    TrainDetector,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Task::Run(args) => run::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::TrainDetector => train_detector(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +58,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask train-detector`.
+fn train_detector() -> Result<()> {
+    let root = workspace_root();
+    let data = std::env::var_os("ZTAG_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/data"));
+    let out = root.join("ztag-userspace/models/detector.bin");
+    header("training the prompt-injection detector");
+    run_command(
+        cargo([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "ztag-userspace",
+            "--bin",
+            "ztag",
+            "--",
+            "inspect",
+            "train",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out),
+    )
 }
 
 /// The workspace root (parent of the xtask crate).

@@ -10,7 +10,7 @@
 //! accordingly. The text they see is lower case with whitespace folded.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{RegexSet, RegexSetBuilder};
+use regex::bytes::{RegexSet, RegexSetBuilder};
 
 /// What kind of attack a rule describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,7 +152,7 @@ const RULES: &[Rule] = &[
     (
         "override.ru",
         InstructionOverride,
-        r"(?:игнорируй\w*|забудь\w*|не обращай\w*)(?:\s+\S+){0,3}?\s*(?:все|инструкци\w*|предыдущ\w*|указани\w*)",
+        r"(?:игнорируй\S*|забудь\S*|не обращай\S*)(?:\s+\S+){0,3}?\s*(?:все|инструкци\S*|предыдущ\S*|указани\S*)",
     ),
     (
         "override.zh",
@@ -351,11 +351,13 @@ impl Signatures {
     /// Compiles the rules (they are constants: a failure is a bug, caught by
     /// the unit tests).
     pub fn new() -> Signatures {
-        // ASCII word boundaries keep the set on the lazy DFA for any text (a
-        // Unicode `\b` sends non-ASCII input to a much slower engine).
+        // Byte semantics (ASCII classes and boundaries; non-ASCII literals
+        // match as their UTF-8) keep the set small enough for the lazy DFA
+        // to stay in its cache: Unicode classes made it ~40x slower.
         let set = RegexSetBuilder::new(RULES.iter().map(|r| ascii_boundaries(r.2)))
+            .unicode(false)
             .size_limit(64 << 20)
-            .dfa_size_limit(16 << 20)
+            .dfa_size_limit(64 << 20)
             .build()
             .expect("signature rules compile");
         let literals = AhoCorasickBuilder::new()
@@ -368,7 +370,7 @@ impl Signatures {
 
     /// Every rule that fires on the normalised `text`, each once.
     pub fn scan(&self, text: &str, hits: &mut Vec<Hit>) {
-        for i in self.set.matches(text).iter() {
+        for i in self.set.matches(text.as_bytes()).iter() {
             let (id, category, _) = RULES[i];
             hits.push(Hit { id, category });
         }
@@ -395,7 +397,7 @@ impl Signatures {
 }
 
 fn ascii_boundaries(pattern: &str) -> String {
-    pattern.replace(r"\b", r"(?-u:\b)")
+    pattern.to_owned()
 }
 
 impl Default for Signatures {
@@ -417,7 +419,10 @@ mod tests {
     #[test]
     fn every_rule_compiles_alone_and_ids_are_unique() {
         for r in RULES {
-            regex::Regex::new(&ascii_boundaries(r.2)).unwrap_or_else(|e| panic!("{}: {e}", r.0));
+            regex::bytes::RegexBuilder::new(&ascii_boundaries(r.2))
+                .unicode(false)
+                .build()
+                .unwrap_or_else(|e| panic!("{}: {e}", r.0));
         }
         let mut all: Vec<_> = Signatures::rule_ids().collect();
         let n = all.len();
