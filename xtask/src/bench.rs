@@ -41,8 +41,10 @@ enum Which {
     /// from SQLite, memory; OpenFGA's own engine (its CLI's `model test`)
     /// on the same test file as the anchor.
     Fga(FgaArgs),
-    /// The prompt-injection detector (1 KB latency, MB/s on mixed text) and
-    /// the content filter (MB/s with and without hits, whole and streamed).
+    /// The prompt-injection detector (1 KB latency, MB/s on mixed text), the
+    /// content filter (MB/s with and without hits, whole and streamed), and
+    /// the gateway with and without inspection on one route each (h2load,
+    /// nginx upstream, alternating rounds).
     Inspect(FgaArgs),
 }
 

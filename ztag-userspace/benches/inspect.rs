@@ -67,6 +67,65 @@ fn main() {
     }
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
+    // Where the time goes, per 1 KB prompt (mean over the set).
+    {
+        use ztag::inspect::{classifier, normalize, signatures::Signatures};
+        let sigs = Signatures::new();
+        let norm: Vec<_> = kb.iter().map(|t| normalize::normalize(t, 4096)).collect();
+        let mut hits_all = Vec::new();
+        for n in &norm {
+            let mut h = Vec::new();
+            sigs.scan(&n.text, &mut h);
+            hits_all.push(h);
+        }
+        let mean = |f: &mut dyn FnMut(usize)| {
+            let t0 = Instant::now();
+            let mut n = 0;
+            while t0.elapsed() < Duration::from_secs_f64(secs / 4.0) {
+                f(n % kb.len());
+                n += 1;
+            }
+            t0.elapsed().as_nanos() as f64 / n as f64 / 1000.0
+        };
+        let t_norm = mean(&mut |i| {
+            std::hint::black_box(normalize::normalize(&kb[i], 4096));
+        });
+        let t_sig = mean(&mut |i| {
+            let mut h = Vec::new();
+            sigs.scan(&norm[i].text, &mut h);
+            std::hint::black_box(h);
+        });
+        let mut fv = Vec::new();
+        let t_feat = mean(&mut |i| {
+            classifier::features(
+                &norm[i].text,
+                &kb[i],
+                &hits_all[i],
+                &norm[i].transforms,
+                &mut fv,
+            );
+            std::hint::black_box(&fv);
+        });
+        let feats: Vec<_> = (0..kb.len())
+            .map(|i| {
+                let mut f = Vec::new();
+                classifier::features(
+                    &norm[i].text,
+                    &kb[i],
+                    &hits_all[i],
+                    &norm[i].transforms,
+                    &mut f,
+                );
+                f
+            })
+            .collect();
+        let t_score = mean(&mut |i| {
+            std::hint::black_box(det.model().score(&feats[i]));
+        });
+        md.push_str(&format!(
+            "stages per 1 KB prompt (mean): normalise {t_norm:.1} µs, signatures {t_sig:.1} µs, features {t_feat:.1} µs, score {t_score:.1} µs\n\n"
+        ));
+    }
     // Mixed text as it comes.
     let bytes: usize = samples.iter().map(|s| s.text.len()).sum();
     let t0 = Instant::now();
@@ -91,6 +150,10 @@ fn main() {
         mbps
     ));
 
+    if std::env::args().any(|a| a == "--detector-only") {
+        println!("{md}");
+        return;
+    }
     // Content filter.
     let f = ContentFilter::shared_all();
     let benign: Vec<&str> = samples

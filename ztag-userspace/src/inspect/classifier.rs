@@ -37,7 +37,8 @@ pub type Features = Vec<(u32, f32)>;
 
 const NS_WORD: u64 = 0x01;
 const NS_BIGRAM: u64 = 0x02;
-const NS_NGRAM: u64 = 0x03;
+/// Keeps n-gram buckets apart from word buckets that hash the same.
+const NGRAM_SALT: u32 = 0x2_A5A5 & MASK;
 const NS_RULE: u64 = 0x04;
 const NS_CATEGORY: u64 = 0x05;
 const NS_TRANSFORM: u64 = 0x06;
@@ -69,29 +70,47 @@ fn mix(x: u64) -> u64 {
 pub fn features(text: &str, raw: &str, hits: &[Hit], t: &Transforms, out: &mut Features) {
     out.clear();
     let b = text.as_bytes();
+    out.reserve(b.len() + b.len() / 3 + 8 + 2 * hits.len());
     // Byte 4-grams.
     let start = out.len();
     if b.len() >= 4 {
         let mut g = u32::from_le_bytes([0, b[0], b[1], b[2]]);
         for &c in &b[3..] {
             g = (g >> 8) | ((c as u32) << 24);
-            out.push((bucket(mix(g as u64 ^ (NS_NGRAM << 32))), 1.0));
+            // One multiply: the 4 bytes are already well spread.
+            out.push((
+                (g.wrapping_mul(0x9E37_79B1) >> (32 - DIM_BITS)) ^ NGRAM_SALT,
+                1.0,
+            ));
         }
     }
     scale(&mut out[start..]);
     // Words and bigrams.
     let start = out.len();
     let mut prev: u64 = 0;
-    for w in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        let h = fnv(NS_WORD, w.as_bytes());
+    let mut word = |w: &[u8], out: &mut Features| {
+        let h = fnv(NS_WORD, w);
         out.push((bucket(h), 1.0));
         if prev != 0 {
             out.push((bucket(mix(prev ^ h.rotate_left(17) ^ NS_BIGRAM)), 1.0));
         }
         prev = h;
+    };
+    if text.is_ascii() {
+        // The same words as below, without decoding characters.
+        for w in b
+            .split(|c| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            word(w, out);
+        }
+    } else {
+        for w in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            word(w.as_bytes(), out);
+        }
     }
     scale(&mut out[start..]);
     // Rules, categories, transforms.
@@ -134,10 +153,12 @@ fn shape(raw: &str, out: &mut Features) {
     }
 }
 
-/// Trained weights, loaded at start.
+/// Trained weights, loaded at start. Kept as i16 with one scale (512 KB:
+/// half the cache footprint of f32, which is what a check waits on).
 #[derive(Clone)]
 pub struct Model {
-    weights: Vec<f32>,
+    weights: Vec<i16>,
+    scale: f32,
     bias: f32,
     /// Decision threshold on the score, chosen on the tuning split.
     pub threshold: f32,
@@ -163,11 +184,26 @@ pub struct ModelError(&'static str);
 impl Model {
     /// The raw linear score of `x`.
     pub fn margin(&self, x: &[(u32, f32)]) -> f32 {
-        let mut s = self.bias;
+        let mut s = 0f32;
         for &(i, v) in x {
-            s += self.weights[i as usize] * v;
+            s += self.weights[i as usize] as f32 * v;
         }
-        s
+        self.bias + s * self.scale
+    }
+
+    fn quantize(weights: &[f64], bias: f64, threshold: f32, data_hash: u64) -> Model {
+        let max = weights.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-6);
+        let scale = (max / i16::MAX as f64) as f32;
+        Model {
+            weights: weights
+                .iter()
+                .map(|w| (*w / scale as f64).round() as i16)
+                .collect(),
+            scale,
+            bias: bias as f32,
+            threshold,
+            data_hash,
+        }
     }
 
     /// The probability-like score in 0..1.
@@ -177,26 +213,20 @@ impl Model {
 
     /// The weight of a rule's feature (for explanations and tests).
     pub fn rule_weight(&self, id: &str) -> f32 {
-        self.weights[bucket(fnv(NS_RULE, id.as_bytes())) as usize]
+        self.weights[bucket(fnv(NS_RULE, id.as_bytes())) as usize] as f32 * self.scale
     }
 
     /// Serialises: header, then every weight as i16 little-endian.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let max = self
-            .weights
-            .iter()
-            .fold(0f32, |m, w| m.max(w.abs()))
-            .max(1e-6);
-        let scale = max / i16::MAX as f32;
         let mut out = Vec::with_capacity(HEADER + DIM * 2);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&DIM_BITS.to_le_bytes());
         out.extend_from_slice(&self.bias.to_le_bytes());
-        out.extend_from_slice(&scale.to_le_bytes());
+        out.extend_from_slice(&self.scale.to_le_bytes());
         out.extend_from_slice(&self.threshold.to_le_bytes());
         out.extend_from_slice(&self.data_hash.to_le_bytes());
         for w in &self.weights {
-            out.extend_from_slice(&((w / scale).round() as i16).to_le_bytes());
+            out.extend_from_slice(&w.to_le_bytes());
         }
         out
     }
@@ -222,10 +252,11 @@ impl Model {
         }
         let weights = b[HEADER..]
             .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 * scale)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
             .collect();
         Ok(Model {
             weights,
+            scale,
             bias,
             threshold,
             data_hash: u64::from_le_bytes(h),
@@ -305,12 +336,7 @@ pub fn train(
             bias -= p.rate * g / bg2.sqrt();
         }
     }
-    Model {
-        weights: w.into_iter().map(|v| v as f32).collect(),
-        bias: bias as f32,
-        threshold: 0.5,
-        data_hash,
-    }
+    Model::quantize(&w, bias, 0.5, data_hash)
 }
 
 fn shuffle(v: &mut [usize], state: &mut u64) {

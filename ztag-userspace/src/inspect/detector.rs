@@ -204,3 +204,69 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod timing {
+    /// The slowest labelled prompts per byte (run by hand, release).
+    #[test]
+    #[ignore]
+    fn slowest() {
+        let d = super::Detector::embedded().unwrap();
+        let samples = crate::inspect::dataset::load(&crate::authz::shared_data()).unwrap();
+        let mut v: Vec<(f64, usize, String)> = samples
+            .iter()
+            .map(|s| {
+                let t0 = std::time::Instant::now();
+                for _ in 0..20 {
+                    std::hint::black_box(d.score(&s.text));
+                }
+                let ns = t0.elapsed().as_nanos() as f64 / 20.0;
+                (
+                    ns / s.text.len().max(1) as f64,
+                    s.text.len(),
+                    s.text.chars().take(80).collect(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let total: f64 = v.iter().map(|x| x.0 * x.1 as f64).sum();
+        println!(
+            "total {:.1} ms for {} bytes",
+            total / 1e6,
+            v.iter().map(|x| x.1).sum::<usize>()
+        );
+        for x in v.iter().take(15) {
+            println!("{:.1} ns/B  {} B  {:?}", x.0, x.1, x.2);
+        }
+        let mut by_cost: Vec<_> = v
+            .iter()
+            .map(|x| (x.0 * x.1 as f64, x.1, x.2.clone()))
+            .collect();
+        by_cost.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for x in by_cost.iter().take(10) {
+            println!("{:.1} µs  {} B  {:?}", x.0 / 1000.0, x.1, x.2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing_small {
+    #[test]
+    #[ignore]
+    fn small() {
+        let d = super::Detector::embedded().unwrap();
+        for t in [
+            "What is the meaning of life?",
+            "请描述一种有趣的经历，其中你需要走过斜坡。",
+        ] {
+            let t0 = std::time::Instant::now();
+            for _ in 0..200_000 {
+                std::hint::black_box(d.score(t));
+            }
+            println!(
+                "{:.2} µs per call: {t}",
+                t0.elapsed().as_nanos() as f64 / 200_000.0 / 1000.0
+            );
+        }
+    }
+}

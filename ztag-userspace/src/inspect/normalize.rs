@@ -108,8 +108,12 @@ fn layer(input: &str, depth: u8, budget: &mut usize, out: &mut Normalized) {
         out.text.push('\n');
     }
     let start = out.text.len();
-    fold_into(&clean, &mut out.text, &mut out.transforms);
-    if let Some(view) = leet_view(&out.text[start..]) {
+    // ASCII text is folded in one pass that also says which of the later
+    // steps can find anything; other text takes every step.
+    let flags = fold_into(&clean, &mut out.text, &mut out.transforms);
+    if flags.leet_or_spaced
+        && let Some(view) = leet_view(&out.text[start..])
+    {
         out.transforms.leet = true;
         out.text.push('\n');
         out.text.push_str(&view);
@@ -117,7 +121,7 @@ fn layer(input: &str, depth: u8, budget: &mut usize, out: &mut Normalized) {
     if let Some(h) = hidden {
         layer(&h, depth + 1, budget, out);
     }
-    if depth >= MAX_DEPTH {
+    if depth >= MAX_DEPTH || !flags.encoded {
         return;
     }
     for (payload, kind) in decode_payloads(&clean) {
@@ -135,10 +139,27 @@ fn layer(input: &str, depth: u8, budget: &mut usize, out: &mut Normalized) {
     }
 }
 
+/// What the one-pass ASCII fold saw (`true`: the step may find something).
+#[derive(Debug, Clone, Copy)]
+struct Flags {
+    /// A substitute between letters, or a run of single characters.
+    leet_or_spaced: bool,
+    /// A long base64/hex run, `%` or `&`.
+    encoded: bool,
+}
+
+const ALL_FLAGS: Flags = Flags {
+    leet_or_spaced: true,
+    encoded: true,
+};
+
 /// NFKC, invisible characters removed; Unicode tag characters decoded into a
 /// separate hidden string.
 fn clean_chars<'a>(input: &'a str, t: &mut Transforms) -> (Cow<'a, str>, Option<String>) {
-    let plain = input.is_ascii() || is_nfkc_quick(input.chars()) == IsNormalized::Yes;
+    if input.is_ascii() {
+        return (Cow::Borrowed(input), None);
+    }
+    let plain = is_nfkc_quick(input.chars()) == IsNormalized::Yes;
     if plain && !input.chars().any(|c| is_invisible(c) || is_tag(c)) {
         return (Cow::Borrowed(input), None);
     }
@@ -178,23 +199,135 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// Lower case, whitespace folded, homoglyphs folded inside mixed-script words.
-fn fold_into(s: &str, out: &mut String, t: &mut Transforms) {
+fn fold_into(s: &str, out: &mut String, t: &mut Transforms) -> Flags {
     if s.is_ascii() {
-        let mut space = true;
-        for b in s.bytes() {
-            if b.is_ascii_whitespace() {
-                if !space {
-                    out.push(' ');
-                }
-                space = true;
-            } else {
-                out.push(b.to_ascii_lowercase() as char);
-                space = false;
-            }
-        }
-        trim_end_space(out);
-        return;
+        return fold_ascii(s, out);
     }
+    fold_unicode(s, out, t);
+    ALL_FLAGS
+}
+
+const WS: u8 = 1;
+const ALPHA: u8 = 2;
+const LEET: u8 = 4;
+const B64: u8 = 8;
+const SEP: u8 = 16;
+const ALNUM: u8 = 32;
+const SPECIAL: u8 = 64;
+
+/// Byte classes for the ASCII fold.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut k = 0;
+        if b.is_ascii_whitespace() {
+            k |= WS;
+        }
+        if b.is_ascii_alphabetic() {
+            k |= ALPHA;
+        }
+        if b.is_ascii_alphanumeric() {
+            k |= ALNUM;
+        }
+        if matches!(
+            b,
+            b'0' | b'1'
+                | b'!'
+                | b'|'
+                | b'3'
+                | b'4'
+                | b'@'
+                | b'5'
+                | b'$'
+                | b'7'
+                | b'+'
+                | b'8'
+                | b'9'
+        ) {
+            k |= LEET;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_') {
+            k |= B64;
+        }
+        if matches!(b, b' ' | b'.' | b'-' | b'_' | b'*') {
+            k |= SEP;
+        }
+        if matches!(b, b'%' | b'&') {
+            k |= SPECIAL;
+        }
+        t[i] = k;
+        i += 1;
+    }
+    t
+};
+
+/// The ASCII fold, with the triggers of the later steps.
+fn fold_ascii(s: &str, out: &mut String) -> Flags {
+    let mut v = std::mem::take(out).into_bytes();
+    v.reserve(s.len());
+    let mut space = true;
+    let (mut c1, mut c2) = (0u8, 0u8); // classes of the last two bytes
+    let (mut tok, mut singles, mut run64) = (0u32, 0u32, 0u32);
+    let mut f = Flags {
+        leet_or_spaced: false,
+        encoded: false,
+    };
+    for &b in s.as_bytes() {
+        let k = CLASS[b as usize];
+        run64 = if k & B64 != 0 { run64 + 1 } else { 0 };
+        if run64 >= MIN_B64.min(MIN_HEX) as u32 || k & SPECIAL != 0 {
+            f.encoded = true;
+        }
+        if k & WS != 0 {
+            if !space {
+                v.push(b' ');
+            }
+            space = true;
+        } else {
+            v.push(b.to_ascii_lowercase());
+            space = false;
+        }
+        // Leet between letters: letter, substitute, letter.
+        let c = k & (ALPHA | LEET);
+        if c == ALPHA && c1 == LEET && c2 == ALPHA {
+            f.leet_or_spaced = true;
+        }
+        c2 = c1;
+        c1 = c;
+        // Letter-spacing: four one-character tokens in a row.
+        if k & ALNUM != 0 {
+            tok += 1;
+        } else if k & (WS | SEP) != 0 {
+            singles = if tok == 1 {
+                singles + 1
+            } else if tok > 1 {
+                0
+            } else {
+                singles
+            };
+            tok = 0;
+            if singles >= 3 {
+                f.leet_or_spaced = true;
+            }
+        } else {
+            tok = 0;
+            singles = 0;
+        }
+    }
+    if tok == 1 && singles >= 3 {
+        f.leet_or_spaced = true;
+    }
+    if v.last() == Some(&b' ') {
+        v.pop();
+    }
+    // Only ASCII was pushed onto valid UTF-8.
+    *out = String::from_utf8(v).unwrap_or_default();
+    f
+}
+
+fn fold_unicode(s: &str, out: &mut String, t: &mut Transforms) {
     let mut space = true;
     for word in s.split_inclusive(char::is_whitespace) {
         let (w, ws) = match word.char_indices().last() {
@@ -270,10 +403,11 @@ pub fn confusable(c: char) -> Option<char> {
 /// Leetspeak and letter-spacing folded, or `None` when nothing changes.
 fn leet_view(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let leet = b.windows(2).any(|w| {
-        (w[0].is_ascii_alphabetic() && is_leet(w[1]))
-            || (is_leet(w[0]) && w[1].is_ascii_alphabetic())
-    });
+    // A substitute between two letters (`n0r`, `h4c`): plain text has few
+    // ("Hello!" or "4th" do not count).
+    let leet = b
+        .windows(3)
+        .any(|w| is_leet(w[1]) && w[0].is_ascii_alphabetic() && w[2].is_ascii_alphabetic());
     let spaced = spaced_run(b);
     if !leet && !spaced {
         return None;
@@ -649,6 +783,17 @@ mod tests {
     }
 
     #[test]
+    fn class_table_agrees_with_the_predicates() {
+        for b in 0..=255u8 {
+            let k = CLASS[b as usize];
+            assert_eq!(k & LEET != 0, is_leet(b), "{b}");
+            assert_eq!(k & SEP != 0, is_sep(b), "{b}");
+            assert_eq!(k & B64 != 0, is_b64(b), "{b}");
+            assert_eq!(k & WS != 0, b.is_ascii_whitespace(), "{b}");
+        }
+    }
+
+    #[test]
     fn hostile_input_does_not_panic() {
         let mut x: u64 = 0x9E3779B97F4A7C15;
         for len in 0..300 {
@@ -662,5 +807,48 @@ mod tests {
             }
             let _ = n(&s);
         }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        let text = "I am planning a trip to France next spring and would like some help with the itinerary, hotels near the Louvre (budget: 150 EUR/night) and trains. ".repeat(7);
+        let text = &text[..1024];
+        let n = 20000;
+        let t = |name: &str, f: &mut dyn FnMut()| {
+            let t0 = std::time::Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            println!(
+                "{name}: {:.2} µs",
+                t0.elapsed().as_nanos() as f64 / n as f64 / 1000.0
+            );
+        };
+        let mut tr = Transforms::default();
+        t("clean_chars", &mut || {
+            std::hint::black_box(clean_chars(text, &mut tr));
+        });
+        t("fold_into (with triggers)", &mut || {
+            let mut s = String::new();
+            fold_into(text, &mut s, &mut tr);
+            std::hint::black_box(s);
+        });
+        let mut folded = String::new();
+        fold_into(text, &mut folded, &mut tr);
+        t("leet_view", &mut || {
+            std::hint::black_box(leet_view(&folded));
+        });
+        t("decode_payloads", &mut || {
+            std::hint::black_box(decode_payloads(text));
+        });
+        t("normalize", &mut || {
+            std::hint::black_box(normalize(text, 4096));
+        });
     }
 }

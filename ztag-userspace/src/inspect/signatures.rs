@@ -9,8 +9,8 @@
 //! NotInject set mentions "ignore" and "jailbreak" on purpose) is weighed
 //! accordingly. The text they see is lower case with whitespace folded.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::bytes::{RegexSet, RegexSetBuilder};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use regex::bytes::{Regex, RegexBuilder};
 
 /// What kind of attack a rule describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,8 +51,15 @@ impl Category {
 
 use Category::*;
 
-/// One rule: id, category, pattern (regex syntax, on lower-case text).
-type Rule = (&'static str, Category, &'static str);
+/// One rule: id, category, anchors (literals of which every match
+/// contains at least one: the rule's regex runs only when one is present),
+/// pattern (regex syntax, on lower-case text).
+type Rule = (
+    &'static str,
+    Category,
+    &'static [&'static str],
+    &'static str,
+);
 
 // Shared vocabulary.
 macro_rules! prior {
@@ -71,6 +78,25 @@ const RULES: &[Rule] = &[
     (
         "override.ignore_previous",
         InstructionOverride,
+        &[
+            "ignore",
+            "disregard",
+            "forget",
+            "skip",
+            "drop",
+            "abandon",
+            "bypass",
+            "override",
+            "neglect",
+            "omit",
+            "overlook",
+            "discard",
+            "dismiss",
+            "erase",
+            "remove",
+            "clear",
+            "leave",
+        ],
         concat!(
             r"\b(?:ignore|disregard|forget|skip|drop|abandon|bypass|override|neglect|omit|overlook|discard|dismiss|erase|remove|clear|leave)\b(?:\s+\S+){0,4}?\s+",
             prior!(),
@@ -81,238 +107,412 @@ const RULES: &[Rule] = &[
     (
         "override.ignore_above",
         InstructionOverride,
+        &["ignore", "disregard", "forget"],
         r"\b(?:ignore|disregard|forget)\s+(?:everything|all|anything)?\s*(?:above|before|prior|previously|said|you (?:were|have been) told|i (?:said|told you))",
     ),
     (
         "override.forget_everything",
         InstructionOverride,
+        &["forget"],
         r"\bforget\s+(?:about\s+)?(?:everything|all|anything)\b",
     ),
     (
         "override.new_instructions",
         InstructionOverride,
+        &["instruction", "task", "order", "rules"],
         r"\b(?:new|updated|real|actual|additional|following)\s+(?:instructions?|tasks?|orders?|rules)\s*(?:follow|are|:|-)",
     ),
     (
         "override.instead",
         InstructionOverride,
+        &["instead"],
         r"\binstead,?\s+(?:output|print|say|write|reply|respond|tell)",
     ),
     (
         "override.do_not_follow",
         InstructionOverride,
+        &["follow", "obey", "listen"],
         r"\b(?:do not|don't|dont|stop)\s+(?:follow(?:ing)?|obey(?:ing)?|listen(?:ing)? to)\s+(?:your|the|any|previous|prior)",
     ),
     (
         "override.stop_say",
         InstructionOverride,
+        &["stop", "attention", "achtung", "halt"],
         r"(?:^|[.!?:]\s*)(?:stop|attention|achtung|halt)\b[\s\-:!.]+(?:\w+\s+){0,3}?(?:write|say|print|output|ignore|forget)",
     ),
     (
         "override.end_marker",
         InstructionOverride,
+        &["===", "---", "###", "***"],
         r"(?:={3,}|-{3,}|#{3,}|\*{3,})\s*(?:end|stop|new|system|admin|override)",
     ),
     (
         "override.say_verbatim",
         InstructionOverride,
+        &["just", "only"],
         r#"\b(?:just|only)\s+(?:say|output|print|reply|respond|write)\b[^.]{0,40}["']"#,
     ),
     (
         "override.access_granted",
         InstructionOverride,
+        &["access granted"],
         r"\baccess granted\b",
     ),
     // Instruction override, other languages in the data (de, es, fr, it, pt, hr, ru, zh).
     (
         "override.de",
         InstructionOverride,
+        &[
+            "ignorier",
+            "vergiss",
+            "vergessen sie",
+            "missachte",
+            "überspring",
+            "abweichend",
+        ],
         r"\b(?:ignorier\w*|vergiss|vergessen sie|missachte\w*|überspring\w*|abweichend)\b(?:\s+\S+){0,4}?\s*(?:alle|alles|vorherige\w*|bisherige\w*|obige\w*|vorangehende\w*|vorangegangene\w*|anweisung\w*|instruktion\w*|aufgabe\w*|aufträge|befehle|gesagte\w*|davor|zuvor)",
     ),
     (
         "override.es",
         InstructionOverride,
+        &["ignora", "olvid", "omite", "descarta"],
         r"\b(?:ignora\w*|olvid\w*|omite|descarta)\b(?:\s+\S+){0,3}?\s*(?:todo|todas|instrucciones|anteriores|previas|lo que)",
     ),
     (
         "override.fr",
         InstructionOverride,
+        &["ignore", "oublie", "néglige"],
         r"\b(?:ignore[zs]?|oublie[zs]?|néglige[zs]?)\b(?:\s+\S+){0,3}?\s*(?:toutes|tout|instructions|précédentes|consignes|ce qui précède)",
     ),
     (
         "override.it_pt",
         InstructionOverride,
+        &["ignora", "dimentica", "esqueça", "esqueca", "desconsidere"],
         r"\b(?:ignora|dimentica|esqueça|esqueca|desconsidere)\b(?:\s+\S+){0,3}?\s*(?:tutte|tutto|istruzioni|precedenti|todas|instruções|instrucoes|anteriores)",
     ),
     (
         "override.hr",
         InstructionOverride,
+        &["zaboravi", "ignoriraj"],
         r"\b(?:zaboravi|ignoriraj)\b(?:\s+\S+){0,2}?\s*(?:sve|upute|instrukcije)",
     ),
     (
         "override.ru",
         InstructionOverride,
+        &["игнорируй", "забудь", "не обращай"],
         r"(?:игнорируй\S*|забудь\S*|не обращай\S*)(?:\s+\S+){0,3}?\s*(?:все|инструкци\S*|предыдущ\S*|указани\S*)",
     ),
     (
         "override.zh",
         InstructionOverride,
+        &["忽略", "无视", "忘记", "忘掉", "不要理会"],
         r"(?:忽略|无视|忘记|忘掉|不要理会)(?:之前|以上|上面|前面|所有|先前|全部)",
     ),
     // Role and system-prompt spoofing.
     (
         "role.chat_template",
         RoleSpoofing,
+        &[
+            "im_start",
+            "im_end",
+            "system >",
+            "system>",
+            "endoftext",
+            "start_header_id",
+            "end_header_id",
+            "eot_id",
+            "inst]",
+            "sys>>",
+            " assistant ",
+            " user ",
+        ],
         r"<\|?(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|eot_id)\|?>|\[/?inst\]|<</?sys>>|<\|assistant\|>|<\|user\|>",
     ),
     (
         "role.fake_header",
         RoleSpoofing,
+        &["system", "admin", "developer", "instruction", "sudo"],
         r"(?:^|\n|\s)(?:#{1,4}|\[|\*\*)\s*(?:system|admin|developer|instruction|new instruction|sudo)s?\s*(?:prompt|message|override|mode)?\s*(?::|\]|\*\*)",
     ),
     (
         "role.speaker_turn",
         RoleSpoofing,
+        &["system", "assistant", "human", "user"],
         r"(?:^|\s)(?:system|assistant|human|user)\s*:\s*(?:\S+\s+){0,12}?(?:ignore|you are|you must|new|forget|override|from now)",
     ),
     (
         "role.authority",
         RoleSpoofing,
+        &["i am", "i'm", "this is"],
         r"\b(?:i am|i'm|this is)\s+(?:your|the)\s+(?:developer|creator|administrator|admin|owner|system|openai|anthropic)\b",
     ),
     (
         "role.admin_mode",
         RoleSpoofing,
+        &[
+            "admin",
+            "sudo",
+            "root",
+            "god",
+            "debug",
+            "maintenance",
+            "dev",
+        ],
         r"\b(?:admin|administrator|sudo|root|god|debug|maintenance|developer|dev)\s+(?:mode|access|override|privileges?)\b",
     ),
     // Jailbreak personas.
     (
         "jailbreak.dan",
         Jailbreak,
+        &[
+            "dan",
+            "do anything now",
+            "stan",
+            "dude",
+            "aim",
+            "evil",
+            "betterdan",
+            "mongo tom",
+        ],
         r"\bdan\b.{0,40}(?:do anything now|mode|jailbreak)|\bdo anything now\b|\b(?:stan|dude|aim|evil ?bot|anti-?dan|betterdan|mongo tom)\b.{0,60}(?:stands for|no (?:rules|restrictions|filters))",
     ),
     (
         "jailbreak.developer_mode",
         Jailbreak,
+        &["developer mode", "jailbr", "unfiltered"],
         r"\bdeveloper mode\b|\bjailbr(?:ea|o)k(?:en|ed)?\b.{0,30}\b(?:mode|prompt|version|ai)\b|\bunfiltered\b.{0,20}\b(?:ai|mode|response)",
     ),
     (
         "jailbreak.no_rules",
         Jailbreak,
+        &[
+            "restriction",
+            "rules",
+            "guideline",
+            "filter",
+            "censorship",
+            "limitation",
+            "constraint",
+            "ethic",
+            "moral",
+            "polic",
+            "confines",
+        ],
         r"\b(?:no|without|free (?:of|from)|not bound by|not (?:have|need) to (?:abide|follow)|broken free of)\b.{0,40}\b(?:restrictions?|rules|guidelines|filters?|censorship|limitations|constraints|ethic\w*|morals?|polic(?:y|ies)|confines)\b",
     ),
     (
         "jailbreak.you_are_now",
         Jailbreak,
+        &[
+            "unrestricted",
+            "uncensored",
+            "unfiltered",
+            "evil",
+            "without",
+            "no longer",
+            "dan",
+            "jailbroken",
+            "amoral",
+            "unethical",
+        ],
         r"\b(?:you are|you're|you will be|act as|pretend (?:to be|you are)|roleplay as|role-play as|from now on,? you)\b.{0,60}\b(?:unrestricted|uncensored|unfiltered|evil|without (?:any )?(?:restrictions|limits|filters)|no longer (?:an? )?(?:ai|assistant|bound)|dan|jailbroken|amoral|unethical)\b",
     ),
     (
         "jailbreak.from_now_on",
         Jailbreak,
+        &["from now on"],
         r"\bfrom now on\b.{0,40}\b(?:you (?:are|will|must|shall)|act|respond|answer|only)\b",
     ),
     (
         "jailbreak.stay_in_character",
         Jailbreak,
+        &["character", "in role", "never"],
         r"\b(?:stay|remain|keep) in (?:character|role)\b|\bbreak(?:ing)? character\b|\bnever (?:refuse|say no|decline)\b",
     ),
     (
         "jailbreak.two_responses",
         Jailbreak,
+        &["two"],
         r"\btwo (?:different )?(?:separate )?(?:ways|responses|paragraphs)\b.{0,80}\b(?:normal|classic|jailbr|dan|developer)",
     ),
     (
         "jailbreak.hypothetical",
         Jailbreak,
+        &["hypothetical", "fictional", "theoretical", "imaginary"],
         r"\b(?:hypothetical|fictional|theoretical|imaginary)\s+(?:world|scenario|story|setting|response)\b.{0,80}\b(?:no|without|ignore|allowed|able to|would)\b",
     ),
     (
         "jailbreak.persona_de",
         Jailbreak,
+        &[
+            "du bist",
+            "bist du",
+            "stell dir vor",
+            "tu eres",
+            "ahora eres",
+            "tu es maintenant",
+        ],
         r"\b(?:du bist|jetzt bist du|nun bist du|stell dir vor,? du bist|tu eres|ahora eres|tu es maintenant)\b",
     ),
     // Prompt leak.
     (
         "leak.system_prompt",
         PromptLeak,
+        &[
+            "prompt",
+            "instruction",
+            "message",
+            "text",
+            "rules",
+            "directive",
+            "guideline",
+            "programming",
+            "configuration",
+        ],
         r"\b(?:reveal|show|print|output|repeat|display|tell|give|share|leak|dump|list|write|spell ?check|translate|summari[sz]e|what (?:is|are|were))\b.{0,40}\b(?:system prompt|(?:initial|original|hidden|secret|internal|full|first|previous|above|pre-?)\s*(?:prompt|instructions?|message|text)|your (?:instructions?|prompt|rules|directives|guidelines|programming|configuration)|prompt texts?)",
     ),
     (
         "leak.repeat_above",
         PromptLeak,
+        &[
+            "repeat", "print", "output", "copy", "return", "echo", "spell",
+        ],
         r"\b(?:repeat|print|output|copy|return|echo|spell.?check)\b.{0,30}\b(?:everything|all|the text|the words|the content|text|words)\b.{0,20}\b(?:above|before|preceding|so far|prior|starting with|beginning)",
     ),
     (
         "leak.what_written",
         PromptLeak,
+        &[
+            "what was written",
+            "what is written",
+            "what were you told",
+            "beginning of",
+        ],
         r"\bwhat (?:was|is) written\b.{0,30}\b(?:above|before|beginning|start)|\bwhat were you told\b|\bbeginning of (?:this|the) (?:prompt|conversation)\b",
     ),
     (
         "leak.de",
         PromptLeak,
+        &["prompt", "anweisungen", "eingabeaufforderung"],
         r"\b(?:zeige?|gib|drucke|wiederhole)\b.{0,30}\b(?:prompt-?texte?|anweisungen|eingabeaufforderung|systemprompt)",
     ),
     (
         "leak.pre_prompt",
         PromptLeak,
+        &["prompt", "access code", "passcode", "password", "secret"],
         r"\b(?:pre-?prompt|access code|password|passcode|secret (?:code|key|word))\b.{0,40}\b(?:is|was|reveal|tell|give|say|print|repeat)\b",
     ),
     (
         "leak.convert_instructions",
         PromptLeak,
+        &["instructions", "prompt", "rules"],
         r"\b(?:convert|rewrite|encode|translate|format)\b.{0,30}\b(?:your|all|the)\s+(?:instructions|prompt|rules)\b",
     ),
     // Tool-call hijacking.
     (
         "tool.call_tool",
         ToolHijack,
+        &[
+            "instead",
+            "before",
+            "after",
+            "rather than",
+            "no matter",
+            "without",
+        ],
         r"\b(?:call|invoke|use|run|execute|trigger)\b.{0,30}\b(?:tool|function|plugin|api|command)\b.{0,60}\b(?:instead|before|after|rather than|no matter|without (?:asking|telling|confirmation))",
     ),
     (
         "tool.important_tag",
         ToolHijack,
+        &[
+            "<important>",
+            "<system>",
+            "<instruction",
+            "<admin>",
+            "[important]",
+            "[system]",
+            "[admin]",
+        ],
         r"<(?:important|system|instructions?|admin)>|\[(?:important|system|admin)\]",
     ),
     (
         "tool.secret_action",
         ToolHijack,
+        &["do not", "don't", "never"],
         r"\b(?:do not|don't|never)\s+(?:tell|inform|mention|notify|reveal to|show)\s+(?:the )?(?:user|human|anyone)\b",
     ),
     (
         "tool.exec",
         ToolHijack,
+        &[
+            "execute",
+            "run",
+            "eval",
+            "$(",
+            "__import__",
+            "os.system",
+            "subprocess",
+            ";",
+        ],
         r"\b(?:execute|run|eval)\b.{0,20}\b(?:the following|this)\b.{0,20}\b(?:command|code|script|shell)\b|\$\([^)]{1,60}\)|__import__\s*\(|\bos\.system\b|\bsubprocess\b|;\s*(?:rm|curl|wget|nc|bash|sh)\s",
     ),
     (
         "tool.send_data",
         ToolHijack,
+        &[
+            "send",
+            "forward",
+            "email",
+            "post",
+            "upload",
+            "transfer",
+            "exfiltrate",
+            "leak",
+        ],
         r"\b(?:send|forward|email|post|upload|transfer|exfiltrate|leak)\b.{0,40}\b(?:credentials?|passwords?|api keys?|tokens?|secrets?|private keys?|ssh keys?|conversation|chat history|files?|data|emails?)\b.{0,40}\b(?:to|at)\s+(?:https?://|\S+@|this|the following|my)",
     ),
     // Exfiltration shapes.
     (
         "exfil.markdown_image",
         Exfiltration,
+        &["!["],
         r"!\[[^\]]{0,100}\]\(\s*https?://[^)\s]{1,200}[?&/=][^)\s]{0,200}(?:\{|\[|%7b|<|data|info|secret|q=|d=|prompt|message|conversation|summary)",
     ),
     (
         "exfil.template_url",
         Exfiltration,
+        &["http"],
         r"https?://[^\s)]{1,120}[?&][\w.-]{1,20}=\s*(?:\{|\[|<|%7b|\$)\w*",
     ),
     (
         "exfil.render_link",
         Exfiltration,
+        &["image", "markdown", "link", "url", "!["],
         r"\b(?:render|print|show|display|append|include|output)\b.{0,40}\b(?:image|markdown|link|url|!\[)\b.{0,80}\b(?:replac\w*|encod\w*|append\w*|include|containing|with)\b",
     ),
     (
         "exfil.script",
         Exfiltration,
+        &["<script", "javascript:", "onerror", "<iframe", "<img"],
         r"<script\b|javascript:|onerror\s*=|<iframe\b|<img\s[^>]{0,80}src\s*=",
     ),
     // Adversarial suffixes: optimiser output is punctuation-dense token salad.
     (
         "suffix.token_salad",
         AdversarialSuffix,
+        &[
+            "[",
+            "]",
+            "{",
+            "}",
+            "(",
+            ")",
+            "!",
+            "\\",
+            "similarlynow",
+            "oppositeley",
+        ],
         r"(?:(?:[\[\]{}()!\\]\s*){6,})|(?:\\!--|\]\(\s*me\s|describing\.\s*\\\s*\+|similarlynow|oppositeley)",
     ),
 ];
@@ -343,7 +543,12 @@ pub struct Hit {
 
 /// The compiled signature set.
 pub struct Signatures {
-    set: RegexSet,
+    /// Each rule's own regex.
+    rules: Vec<Regex>,
+    /// Every rule's anchors in one automaton.
+    anchors: AhoCorasick,
+    /// Anchor pattern index → bitmask of the rules it wakes.
+    wakes: Vec<u64>,
     literals: AhoCorasick,
 }
 
@@ -352,27 +557,63 @@ impl Signatures {
     /// the unit tests).
     pub fn new() -> Signatures {
         // Byte semantics (ASCII classes and boundaries; non-ASCII literals
-        // match as their UTF-8) keep the set small enough for the lazy DFA
-        // to stay in its cache: Unicode classes made it ~40x slower.
-        let set = RegexSetBuilder::new(RULES.iter().map(|r| ascii_boundaries(r.2)))
-            .unicode(false)
-            .size_limit(64 << 20)
-            .dfa_size_limit(64 << 20)
-            .build()
-            .expect("signature rules compile");
+        // match as their UTF-8) keep each automaton small; a rule's regex
+        // runs only when one of its anchors is in the text, so most text
+        // costs one aho-corasick pass.
+        let rules = RULES
+            .iter()
+            .map(|r| {
+                RegexBuilder::new(r.3)
+                    .unicode(false)
+                    .build()
+                    .expect("signature rules compile")
+            })
+            .collect();
+        let mut pats: Vec<&str> = Vec::new();
+        let mut wakes: Vec<u64> = Vec::new();
+        for (i, r) in RULES.iter().enumerate() {
+            for a in r.2 {
+                match pats.iter().position(|p| p == a) {
+                    Some(k) => wakes[k] |= 1 << i,
+                    None => {
+                        pats.push(a);
+                        wakes.push(1 << i);
+                    }
+                }
+            }
+        }
+        let anchors = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .kind(Some(AhoCorasickKind::DFA))
+            .match_kind(MatchKind::Standard)
+            .build(&pats)
+            .expect("anchor patterns compile");
         let literals = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::LeftmostFirst)
             .build(LITERALS.iter().map(|l| l.0))
             .expect("literal patterns compile");
-        Signatures { set, literals }
+        Signatures {
+            rules,
+            anchors,
+            wakes,
+            literals,
+        }
     }
 
     /// Every rule that fires on the normalised `text`, each once.
     pub fn scan(&self, text: &str, hits: &mut Vec<Hit>) {
-        for i in self.set.matches(text.as_bytes()).iter() {
-            let (id, category, _) = RULES[i];
-            hits.push(Hit { id, category });
+        let mut awake = 0u64;
+        for m in self.anchors.find_overlapping_iter(text) {
+            awake |= self.wakes[m.pattern().as_usize()];
+        }
+        while awake != 0 {
+            let i = awake.trailing_zeros() as usize;
+            awake &= awake - 1;
+            if self.rules[i].is_match(text.as_bytes()) {
+                let (id, category, _, _) = RULES[i];
+                hits.push(Hit { id, category });
+            }
         }
         let mut seen = 0u32;
         for m in self.literals.find_iter(text) {
@@ -396,10 +637,6 @@ impl Signatures {
     }
 }
 
-fn ascii_boundaries(pattern: &str) -> String {
-    pattern.to_owned()
-}
-
 impl Default for Signatures {
     fn default() -> Self {
         Signatures::new()
@@ -419,7 +656,7 @@ mod tests {
     #[test]
     fn every_rule_compiles_alone_and_ids_are_unique() {
         for r in RULES {
-            regex::bytes::RegexBuilder::new(&ascii_boundaries(r.2))
+            regex::bytes::RegexBuilder::new(r.3)
                 .unicode(false)
                 .build()
                 .unwrap_or_else(|e| panic!("{}: {e}", r.0));
@@ -430,6 +667,10 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), n);
         assert!(LITERALS.len() <= 32);
+        assert!(RULES.len() <= 64, "rule masks are u64");
+        for r in RULES {
+            assert!(!r.2.is_empty(), "{} has no anchors", r.0);
+        }
     }
 
     #[test]
