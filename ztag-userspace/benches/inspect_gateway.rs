@@ -45,6 +45,10 @@ fn wait_port(port: u16) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // Every request here carries the same prompt: with the verdict cache on
+    // (the default) the detector runs once; --no-cache makes it run on
+    // every request, the cost of prompts never seen before.
+    let no_cache = std::env::args().any(|a| a == "--no-cache");
     let (rounds, n) = if quick { (3, 4000) } else { (7, 20000) };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let ztag = std::env::var_os("ZTAG_BIN")
@@ -63,9 +67,10 @@ fn main() {
         "content": "Paris is the capital and most populous city of France. ".repeat(17)}}],
         "usage": {"prompt_tokens": 250, "completion_tokens": 220, "total_tokens": 470}})
     .to_string();
-    std::fs::write(dir.join("answer.json"), &answer).unwrap();
+    assert!(!answer.contains('\'') && !answer.contains('$'));
+    // One process (master_process off): killing it leaves nothing behind.
     let nginx_conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n server {{\n  listen 127.0.0.1:{up};\n  location / {{ default_type application/json; alias {d}/answer.json; }}\n }}\n}}\n",
+        "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n server {{\n  listen 127.0.0.1:{up};\n  location / {{ default_type application/json; return 200 '{answer}'; }}\n }}\n}}\n",
         d = dir.display()
     );
     std::fs::write(dir.join("nginx.conf"), nginx_conf).unwrap();
@@ -88,8 +93,11 @@ dir = "{d}/state"
 socket = "{d}/admin.sock"
 [metrics]
 listen = "off"
+[inspect]
+cache_entries = {cache}
 [gateway]
 workers = 1
+access_log = "off"
 [[gateway.listener]]
 name = "plain"
 bind = "127.0.0.1:{gw}"
@@ -109,7 +117,8 @@ public = true
 inspect = "llm"
 response_filter = "redact"
 "#,
-        d = dir.display()
+        d = dir.display(),
+        cache = if no_cache { 0 } else { 65536 },
     );
     std::fs::write(dir.join("ztag.toml"), config).unwrap();
     let _ztag = Kill(
@@ -187,7 +196,8 @@ response_filter = "redact"
     let ratios: Vec<f64> = rows.iter().map(|r| r.1.0 / r.0.0).collect();
     let mut md = String::from("# Inspection through the gateway\n\n");
     md.push_str(&format!(
-        "ztag (1 worker) → nginx, h2load --h1 -c 16 -n {n}, 1 KB chat request, 1 KB answer; {rounds} alternating rounds\n\n| round | plain req/s | inspected req/s | ratio | plain mean | inspected mean |\n|---:|---:|---:|---:|---:|---:|\n"
+        "ztag (1 worker) → nginx, h2load --h1 -c 16 -n {n}, 1 KB chat request (system + user message), 1 KB answer; {rounds} alternating rounds; verdict cache {}\n\n| round | plain req/s | inspected req/s | ratio | plain mean | inspected mean |\n|---:|---:|---:|---:|---:|---:|\n",
+        if no_cache { "off (every request scored)" } else { "on (the repeated prompt is scored once)" }
     ));
     for (k, ((pr, pl), (ir, il))) in rows.iter().enumerate() {
         md.push_str(&format!(

@@ -12,6 +12,7 @@ pub struct RawInspect {
     model_file: Option<PathBuf>,
     flag_header: Option<String>,
     max_sse_event_bytes: Option<usize>,
+    cache_entries: Option<u64>,
 }
 
 /// Validated `[inspect]`.
@@ -23,6 +24,8 @@ pub struct InspectConfig {
     pub flag_header: http::HeaderName,
     /// Longest SSE event an inspected stream may carry (bounded memory).
     pub max_sse_event_bytes: usize,
+    /// Detector verdicts kept for texts seen again (0: no cache).
+    pub cache_entries: u64,
 }
 
 impl Default for InspectConfig {
@@ -31,6 +34,7 @@ impl Default for InspectConfig {
             model_file: None,
             flag_header: http::HeaderName::from_static("x-ztag-inspect"),
             max_sse_event_bytes: 1 << 20,
+            cache_entries: 65536,
         }
     }
 }
@@ -47,6 +51,9 @@ impl RawInspect {
                 Ok(n) => c.flag_header = n,
                 Err(_) => problems.push(format!("inspect.flag_header: {h:?} is not a header name")),
             }
+        }
+        if let Some(n) = self.cache_entries {
+            c.cache_entries = n;
         }
         if let Some(n) = self.max_sse_event_bytes {
             if n < 1024 {

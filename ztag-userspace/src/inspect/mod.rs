@@ -18,7 +18,7 @@ pub mod normalize;
 pub mod signatures;
 pub mod train;
 
-use std::sync::Arc;
+use std::{hash::BuildHasher, sync::Arc};
 
 use anyhow::{Context, Result};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -27,6 +27,17 @@ pub use config::{Action, FilterAction, InspectConfig, Mode, RouteFilter, RouteIn
 pub use detector::{Detector, Verdict};
 
 use codec::{CodecError, Segment};
+
+/// Bytes taken from each side of a message seam.
+const SEAM_BYTES: usize = 256;
+
+/// The largest char boundary at or below `i`.
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
 
 /// What the request inspection found.
 #[derive(Debug, Clone)]
@@ -44,6 +55,8 @@ pub struct Inspector {
     pub config: InspectConfig,
     all_kinds: Arc<content::ContentFilter>,
     metrics: InspectMetrics,
+    cache: Option<moka::sync::Cache<u64, f32>>,
+    hasher: std::hash::RandomState,
 }
 
 impl Inspector {
@@ -60,11 +73,18 @@ impl Inspector {
                 Detector::with_model(m)
             }
         };
+        let cache = (config.cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.cache_entries)
+                .build()
+        });
         Ok(Inspector {
             detector,
-            config,
-            all_kinds: Arc::new(content::ContentFilter::all()),
+            all_kinds: content::ContentFilter::shared_all(),
             metrics: InspectMetrics::new(registry)?,
+            cache,
+            hasher: std::hash::RandomState::new(),
+            config,
         })
     }
 
@@ -143,39 +163,61 @@ impl Inspector {
             .inc();
     }
 
-    /// Scores every segment, and all of them together when there are
-    /// several (an attack split across messages); the highest score wins.
+    /// The detector's score, from the verdict cache when this exact text was
+    /// scored before (system prompts and conversation history come back on
+    /// every turn). Keys are SipHash with a per-process random key, so a
+    /// client cannot aim a collision at a cached benign text.
+    fn score(&self, text: &str) -> f32 {
+        let Some(cache) = &self.cache else {
+            return self.detector.score(text);
+        };
+        let key = self.hasher.hash_one(text);
+        if let Some(s) = cache.get(&key) {
+            self.metrics.cache.with_label_values(&["hit"]).inc();
+            return s;
+        }
+        self.metrics.cache.with_label_values(&["miss"]).inc();
+        let s = self.detector.score(text);
+        cache.insert(key, s);
+        s
+    }
+
+    /// Scores every segment, and each seam between two (an attack split
+    /// across messages); the highest score wins.
     fn worst(&self, segments: &[Segment], threshold: Option<f32>) -> Option<Detection> {
         let threshold = threshold.unwrap_or(self.detector.threshold());
         let mut best: Option<(f32, usize)> = None;
         for (i, s) in segments.iter().enumerate() {
-            let sc = self.detector.score(&s.text);
+            let sc = self.score(&s.text);
             if best.is_none_or(|b| sc > b.0) {
                 best = Some((sc, i));
             }
         }
-        let joined = (segments.len() > 1).then(|| {
-            let mut j = String::new();
-            for s in segments {
-                j.push_str(&s.text);
-                j.push('\n');
+        // An attack split across two messages straddles their seam: each
+        // seam is scored on the end of one message and the start of the next.
+        let mut seams: Vec<String> = Vec::new();
+        for w in segments.windows(2) {
+            let (a, b) = (w[0].text.as_str(), w[1].text.as_str());
+            let mut t = String::with_capacity(2 * SEAM_BYTES + 1);
+            t.push_str(&a[floor_char(a, a.len().saturating_sub(SEAM_BYTES))..]);
+            t.push('\n');
+            t.push_str(&b[..floor_char(b, SEAM_BYTES.min(b.len()))]);
+            let sc = self.score(&t);
+            if best.is_none_or(|x| sc > x.0) {
+                best = Some((sc, usize::MAX - seams.len()));
             }
-            j
-        });
-        if let Some(j) = &joined {
-            let sc = self.detector.score(j);
-            if best.is_none_or(|b| sc > b.0) {
-                best = Some((sc, usize::MAX));
-            }
+            seams.push(t);
         }
         let (score, i) = best?;
         if score < threshold {
             return None;
         }
-        let (text, role) = match (segments.get(i), &joined) {
-            (Some(s), _) => (s.text.as_str(), s.role.clone()),
-            (None, Some(j)) => (j.as_str(), "conversation".to_owned()),
-            (None, None) => return None,
+        let (text, role) = match segments.get(i) {
+            Some(s) => (s.text.as_str(), s.role.clone()),
+            None => match seams.get(usize::MAX - i) {
+                Some(t) => (t.as_str(), "conversation".to_owned()),
+                None => return None,
+            },
         };
         let mut verdict = self.detector.detect(text);
         verdict.injection = true;
@@ -185,6 +227,7 @@ impl Inspector {
 
 /// `ztag_inspect_*` metrics.
 struct InspectMetrics {
+    cache: IntCounterVec,
     verdicts: IntCounterVec,
     seconds: HistogramVec,
     findings: IntCounterVec,
@@ -216,10 +259,19 @@ impl InspectMetrics {
             ),
             &["route", "kind", "action"],
         )?;
+        let cache = IntCounterVec::new(
+            Opts::new(
+                "ztag_inspect_cache_total",
+                "Detector verdict-cache lookups, by result (hit or miss).",
+            ),
+            &["result"],
+        )?;
+        r.register(Box::new(cache.clone()))?;
         r.register(Box::new(verdicts.clone()))?;
         r.register(Box::new(seconds.clone()))?;
         r.register(Box::new(findings.clone()))?;
         Ok(InspectMetrics {
+            cache,
             verdicts,
             seconds,
             findings,

@@ -72,6 +72,10 @@ use self::{
 };
 use crate::authn::{self, Authn, AuthnError, Credentials, MethodSet, Principal};
 
+/// Responses up to this size with a Content-Length are filtered whole
+/// rather than streamed.
+const WHOLE_RESPONSE_BYTES: usize = 256 * 1024;
+
 /// Body of the responses ztag sends to clients.
 pub type RespBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -1068,7 +1072,16 @@ impl Gateway {
             return Err(ProxyError::ResponseUninspectable);
         }
         let sse = inspect::is_sse(&parts.headers);
-        if plan.must_buffer(sse) {
+        // A small body of known length is judged whole: the client gets the
+        // same framing (Content-Length) as without the filter.
+        let small = !sse
+            && parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n <= WHOLE_RESPONSE_BYTES.min(limit));
+        if small || plan.must_buffer(sse) {
             let bytes = match Limited::new(body, limit).collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
