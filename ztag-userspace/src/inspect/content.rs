@@ -111,14 +111,18 @@ impl Kind {
                 r"\b(?:(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{70,255})\b"
             }
             Kind::GitlabToken => {
-                r"\bgl(?:pat|dt|ptt|rt|cbt|imt|oas|soat|ffct|ft|agent)-[A-Za-z0-9_\-]{20,64}"
+                // Each token type has its length (as GitLab issues them); a
+                // longer run is something else.
+                r"\b(?:glpat-[A-Za-z0-9_\-]{20}|glpat-[A-Za-z0-9_\-]{27,300}\.[0-9a-z]{9}|glptt-[A-Za-z0-9_\-]{40}|glimt-[A-Za-z0-9_\-]{25}|glagent-[A-Za-z0-9_\-]{50,1024}|gloas-[A-Za-z0-9_\-]{64}|glcbt-(?:[0-9a-fA-F]{1,5}_)?[A-Za-z0-9_\-]{20}|GR1348941[A-Za-z0-9_\-]{20}|gl(?:dt|rt|ft|soat|ffct)-[A-Za-z0-9_\-]{20})(?:[^A-Za-z0-9_\-]|$)"
             }
             Kind::SlackToken => {
                 r"\b(?:xoxb-[0-9]{8,14}-(?:[0-9]{10,13}-)?[A-Za-z0-9]{18,34}|xox[pe](?:-[0-9]{10,13}){3}-[A-Za-z0-9\-]{28,34}|xox[os]-[0-9]+-[0-9]+-[0-9]+-[a-fA-F0-9]+|xox[ar]-(?:[0-9]-)?[0-9A-Za-z]{8,48}|xoxe(?:\.xox[bp])?-[0-9]-[A-Za-z0-9]{140,170}|xapp-[0-9]-[A-Z0-9]+-[0-9]+-[a-z0-9]+)|https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,100}"
             }
-            Kind::Jwt => r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+            Kind::Jwt => {
+                r"\beyJ[A-Za-z0-9_\-]{8,}={0,2}\.eyJ[A-Za-z0-9_\-]{8,}={0,2}(?:\.[A-Za-z0-9_\-]*)?"
+            }
             Kind::GenericSecret => {
-                r#"(?i:pass(?:word|wd|phrase)?|pwd|secret|token|auth|api[_\-]?key|apikey|access[_\-]?key|auth[_\-]?key|private[_\-]?key|client[_\-]?secret|credentials?)[A-Za-z0-9_\-]{0,20}["']?\s{0,4}(?::|=|=>|:=)\s{0,4}["']?[A-Za-z0-9+/=_\-.!@#$%^&*~]{12,200}"#
+                r#"(?i:pass(?:word|wd|phrase)?|pwd|secret|token|auth|api[_\-]?key|apikey|access[_\-]?key|auth[_\-]?key|private[_\-]?key|client[_\-]?secret|credentials?)[A-Za-z0-9_\-]{0,20}(?:\s{1,4}[A-Za-z\[\]]{2,12})?(?:["']?\s{0,4}(?:[:?.]{0,3}=>?|:)\s{0,4}["'`]?|["']\s{0,4},\s{0,4}["'`]|>\s{0,8})[A-Za-z0-9+/=_\-.!@#$%^&*~]{12,200}"#
             }
             Kind::Email => {
                 r"\b[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b"
@@ -140,6 +144,11 @@ impl Kind {
             Kind::Phone => phone(m),
             Kind::GenericSecret => generic(m),
             Kind::Email => !m.starts_with(b".") && !m.contains(&b'\\'),
+            Kind::Jwt => jwt(m),
+            // A runner token body is random: letters too, not a digit run.
+            Kind::GitlabToken => {
+                !m.starts_with(b"GR1348941") || m[9..].iter().any(u8::is_ascii_alphabetic)
+            }
             _ => true,
         }
     }
@@ -358,7 +367,22 @@ fn placeholder(v: &[u8]) -> bool {
 /// `csrf-token`) is not a secret.
 fn keyword_ok(text: &[u8], s: usize) -> bool {
     if s > 0 && text[s - 1].is_ascii_alphabetic() {
-        return false;
+        // Only at a camelCase boundary (`genericToken`), and not after a
+        // word that says it is public or a storage name.
+        if !(text[s - 1].is_ascii_lowercase() && text[s].is_ascii_uppercase()) {
+            return false;
+        }
+        let mut p = s;
+        while p > 0 && text[p - 1].is_ascii_alphanumeric() {
+            p -= 1;
+        }
+        let prefix = text[p..s].to_ascii_lowercase();
+        if [&b"public"[..], b"store"]
+            .iter()
+            .any(|w| prefix.ends_with(w))
+        {
+            return false;
+        }
     }
     let rest = &text[s..text.len().min(s + 48)];
     let key_end = rest
@@ -418,16 +442,48 @@ fn value_span(kind: Kind, text: &[u8], s: usize, e: usize) -> (usize, usize) {
     match kind {
         Kind::AwsSecretKey => (e - 40, e),
         Kind::GenericSecret => {
-            let m = &text[s..e];
-            let sep = m.iter().position(|&b| b == b':' || b == b'=').unwrap_or(0);
-            let mut v = s + sep;
-            while v < e
-                && matches!(
-                    text[v],
-                    b':' | b'=' | b'>' | b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\''
-                )
-            {
+            // Past the key (keyword and suffix), an optional type word, then
+            // the operator and quotes: the rest is the value.
+            let key = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+            let mut v = s;
+            while v < e && key(text[v]) {
                 v += 1;
+            }
+            let op = |b: u8| {
+                matches!(
+                    b,
+                    b':' | b'='
+                        | b'>'
+                        | b'?'
+                        | b'.'
+                        | b','
+                        | b' '
+                        | b'\t'
+                        | b'\r'
+                        | b'\n'
+                        | b'"'
+                        | b'\''
+                        | b'`'
+                )
+            };
+            let after_key = v;
+            while v < e && op(text[v]) {
+                v += 1;
+            }
+            // `string x = …`: a type word between key and operator.
+            if v < e
+                && !text[after_key..v]
+                    .iter()
+                    .any(|&b| matches!(b, b':' | b'=' | b'>' | b','))
+            {
+                while v < e && text[v].is_ascii_alphabetic()
+                    || v < e && matches!(text[v], b'[' | b']')
+                {
+                    v += 1;
+                }
+                while v < e && op(text[v]) {
+                    v += 1;
+                }
             }
             // A JSON escape at the end is not part of the value.
             let mut end = e;
@@ -435,6 +491,13 @@ fn value_span(kind: Kind, text: &[u8], s: usize, e: usize) -> (usize, usize) {
                 end -= 1;
             }
             (v, end)
+        }
+        // The character after the token's fixed length is not part of it.
+        Kind::GitlabToken
+            if e > s
+                && !(text[e - 1].is_ascii_alphanumeric() || matches!(text[e - 1], b'_' | b'-')) =>
+        {
+            (s, e - 1)
         }
         _ => (s, e),
     }
@@ -488,6 +551,22 @@ fn luhn(m: &[u8]) -> bool {
         })
         .sum();
     sum.is_multiple_of(10)
+}
+
+/// A JWT's header and payload decode to JSON objects.
+fn jwt(m: &[u8]) -> bool {
+    use base64::Engine as _;
+    let mut parts = m.split(|&b| b == b'.');
+    let mut object = |p: Option<&[u8]>| {
+        let p = p.unwrap_or_default();
+        let p: Vec<u8> = p.iter().copied().filter(|&b| b != b'=').collect();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&p)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+            .is_some_and(|v| v.is_object())
+    };
+    object(parts.next()) && object(parts.next())
 }
 
 /// The number's length fits its network (by prefix).
