@@ -476,9 +476,7 @@ fn value_span(kind: Kind, text: &[u8], s: usize, e: usize) -> (usize, usize) {
                     .iter()
                     .any(|&b| matches!(b, b':' | b'=' | b'>' | b','))
             {
-                while v < e && text[v].is_ascii_alphabetic()
-                    || v < e && matches!(text[v], b'[' | b']')
-                {
+                while v < e && (text[v].is_ascii_alphabetic() || matches!(text[v], b'[' | b']')) {
                     v += 1;
                 }
                 while v < e && op(text[v]) {
@@ -557,7 +555,7 @@ fn luhn(m: &[u8]) -> bool {
 fn jwt(m: &[u8]) -> bool {
     use base64::Engine as _;
     let mut parts = m.split(|&b| b == b'.');
-    let mut object = |p: Option<&[u8]>| {
+    let object = |p: Option<&[u8]>| {
         let p = p.unwrap_or_default();
         let p: Vec<u8> = p.iter().copied().filter(|&b| b != b'=').collect();
         base64::engine::general_purpose::URL_SAFE_NO_PAD
