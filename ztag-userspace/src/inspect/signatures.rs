@@ -369,7 +369,7 @@ const RULES: &[Rule] = &[
             "programming",
             "configuration",
         ],
-        r"\b(?:reveal|show|print|output|repeat|display|tell|give|share|leak|dump|list|write|spell ?check|translate|summari[sz]e|what (?:is|are|were))\b.{0,40}\b(?:system prompt|(?:initial|original|hidden|secret|internal|full|first|previous|above|pre-?)\s*(?:prompt|instructions?|message|text)|your (?:instructions?|prompt|rules|directives|guidelines|programming|configuration)|prompt texts?)",
+        r"\b(?:reveal|show|print|output|repeat|display|tell|give|share|leak|dump|list|write|spell ?check|translate|summari[sz]e|see|view|read|get|access|provide|paste|reproduce|know|what (?:is|are|were))\b.{0,40}\b(?:system prompt|(?:initial|original|hidden|secret|internal|full|first|previous|above|pre-?)\s*(?:prompt|instructions?|message|text)|your (?:instructions?|prompt|rules|directives|guidelines|programming|configuration)|prompt texts?)",
     ),
     (
         "leak.repeat_above",
@@ -401,6 +401,26 @@ const RULES: &[Rule] = &[
         PromptLeak,
         &["prompt", "access code", "passcode", "password", "secret"],
         r"\b(?:pre-?prompt|access code|password|passcode|secret (?:code|key|word))\b.{0,40}\b(?:is|was|reveal|tell|give|say|print|repeat)\b",
+    ),
+    (
+        "leak.secret_ask",
+        PromptLeak,
+        &["password", "passcode", "secret", "access code"],
+        r"\b(?:what|tell|give|reveal|say|spell|print|show|share|type|write)\b.{0,30}\b(?:password|passcode|secret (?:code|key|word|phrase)|access code)\b",
+    ),
+    (
+        "leak.init_string",
+        PromptLeak,
+        &[
+            "initiali",
+            "init ",
+            "startup",
+            "boot",
+            "supposed",
+            "allowed",
+            "permitted",
+        ],
+        r"\b(?:initiali[sz]ation|init|startup|boot)\s+(?:string|prompt|message|instructions?|text)\b|\bnot (?:supposed|allowed|permitted) to (?:tell|say|reveal|share|disclose|repeat)\b",
     ),
     (
         "leak.convert_instructions",
