@@ -65,8 +65,31 @@ pub enum InspectCmd {
     },
 }
 
-/// Runs one `ztag inspect` command.
+/// Runs one `ztag inspect` command. A reader that goes away (`| head`)
+/// ends the output quietly.
 pub fn run(cmd: InspectCmd) -> Result<()> {
+    match run_cmd(cmd) {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Writes to standard output (errors, such as a closed pipe, are returned).
+fn out(text: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())?;
+    o.flush()?;
+    Ok(())
+}
+
+fn run_cmd(cmd: InspectCmd) -> Result<()> {
     match cmd {
         InspectCmd::Prompt { file, jsonl, model } => {
             let det = detector(model.as_deref())?;
@@ -97,15 +120,14 @@ pub fn run(cmd: InspectCmd) -> Result<()> {
             let (model, report) = train::train(&data)?;
             std::fs::write(&out, model.to_bytes())
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "wrote {} (threshold {:.4}, data fingerprint {:016x})\n\nrules on the training split:\n{}\nheld-out split:\n{}",
+            self::out(&format!(
+                "wrote {} (threshold {:.4}, data fingerprint {:016x})\n\nrules on the training split:\n{}\nheld-out split:\n{}\n",
                 out.display(),
                 model.threshold,
                 model.data_hash,
                 report.rules,
                 report.table()
-            );
-            Ok(())
+            ))
         }
         InspectCmd::Eval {
             data,
@@ -116,16 +138,20 @@ pub fn run(cmd: InspectCmd) -> Result<()> {
             let det = detector(model.as_deref())?;
             let samples = dataset::load(&data)?;
             let r = train::evaluate(&det, &samples, dataset::Split::Test);
-            println!("threshold {:.4}\n{}", det.threshold(), r.table());
+            out(&format!(
+                "threshold {:.4}\n{}\n",
+                det.threshold(),
+                r.table()
+            ))?;
             if sweep {
                 let ts: Vec<f32> = (1..20).map(|i| i as f32 * 0.05).collect();
-                println!(
-                    "{}",
+                out(&format!(
+                    "{}\n",
                     train::sweep(&det, &samples, dataset::Split::Test, &ts)
-                );
+                ))?;
             }
             if errors {
-                print!("{}", train::errors(&det, &samples, dataset::Split::Test));
+                out(&train::errors(&det, &samples, dataset::Split::Test))?;
             }
             Ok(())
         }
