@@ -296,7 +296,8 @@ impl Streamer {
     /// Processes one chunk; returns what may be sent now.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Bytes, Cut> {
         let staged = match &mut self.mcp {
-            None => chunk.to_vec(),
+            // Plain streams go straight to the filter, uncopied.
+            None => return self.filter_bytes(chunk, false),
             Some((ri, p)) => {
                 let events = p
                     .push(chunk)
@@ -363,7 +364,8 @@ impl Streamer {
                 "sensitive content on a response_filter = \"block\" route",
             ));
         }
-        Ok(Bytes::copy_from_slice(&self.buf))
+        // The output buffer is handed over, not copied.
+        Ok(Bytes::from(std::mem::take(&mut self.buf)))
     }
 }
 
