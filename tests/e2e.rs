@@ -2,6 +2,7 @@
 //! (BPF_PROG_TEST_RUN) and the daemon in network namespaces. Privileged tests
 //! skip by name without root and fail under CI=true.
 
+mod agent;
 mod fga;
 mod gateway;
 mod inspect;

@@ -66,7 +66,14 @@ type document
     define owner: [user]
     define editor: [user, group#member] or owner
     define viewer: [user, group#member] or editor or viewer from parent
+type tool
+  relations
+    define can_call: [user, group#member]
 ";
+
+/// The MCP resource tokens for MCP routes are issued for (also an accepted
+/// audience of the `corp` provider).
+pub const MCP_RESOURCE: &str = "https://api.example.com/agent-mcp";
 
 /// The admin token of the gateway's TCP admin listener.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -102,6 +109,13 @@ pub struct Options {
     /// `[authz] mode = "remote"` against this server instead of the
     /// embedded store.
     pub authz_remote: Option<RemoteFga>,
+    /// More `[[gateway.route]]` tables, placed before the catch-all `/`
+    /// route (and `[[gateway.upstream]]` tables).
+    pub extra_routes: String,
+    /// More TOML at the end of the file (e.g. `[agent]`).
+    pub extra_config: String,
+    /// Files to write in the test directory before the start: (name, text).
+    pub files: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -124,6 +138,9 @@ impl Default for Options {
             leeway: "5s",
             cache_entries: 1000,
             authz_remote: None,
+            extra_routes: String::new(),
+            extra_config: String::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -411,6 +428,8 @@ upstream = "echo"
 public = true
 response_filter = "block"
 
+{extra_routes}
+
 [[gateway.route]]
 name = "public"
 path_prefix = "/"
@@ -420,7 +439,7 @@ public = true
 [[authn.jwt]]
 name = "corp"
 issuer = {issuer}
-audiences = ["{AUDIENCE}"]
+audiences = ["{AUDIENCE}", "{MCP_RESOURCE}"]
 algorithms = ["RS256", "ES256", "EdDSA"]
 discovery = {issuer}
 ca = {ca_file}
@@ -448,6 +467,8 @@ subject_from = "san_uri"
 
 [authn.cache]
 max_entries = {cache}
+
+{extra_config}
 "#,
             state = toml_str(&d.join("state").display().to_string()),
             socket = toml_str(&d.join("admin.sock").display().to_string()),
@@ -478,7 +499,12 @@ max_entries = {cache}
             cache = o.cache_entries,
             admin_port = admin_port,
             authz = authz,
+            extra_routes = o.extra_routes,
+            extra_config = o.extra_config,
         );
+        for (name, text) in &o.files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
         let config_path = d.join("ztag.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut g = Gateway {
@@ -558,6 +584,22 @@ max_entries = {cache}
     /// The admin socket path.
     pub fn admin_socket(&self) -> PathBuf {
         self.dir.0.join("admin.sock")
+    }
+
+    /// `ztag --socket ADMIN ARGS...` with `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write as _;
+        let mut c = Command::new(ztag_bin())
+            .arg("--socket")
+            .arg(self.admin_socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running ztag");
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
     }
 
     /// `ztag --socket ADMIN fga ARGS...`.

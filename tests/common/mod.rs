@@ -5,6 +5,7 @@
 
 pub mod gateway;
 pub mod idp;
+pub mod oauth;
 pub mod pki;
 pub mod upstream;
 
@@ -59,6 +60,27 @@ pub fn fga_bin() -> PathBuf {
         }
     }
     PathBuf::from("fga")
+}
+
+/// The MCP Python SDK's interpreter: `$ZTAG_MCP_PYTHON`, else the venv
+/// `cargo xtask setup` makes (`$XDG_DATA_HOME/ztag/mcp`, default under
+/// `~/.local/share`).
+pub fn mcp_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ZTAG_MCP_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .expect("HOME or XDG_DATA_HOME");
+    let p = data.join("ztag/mcp/bin/python3");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask setup` (it installs the MCP Python SDK)",
+        p.display()
+    );
+    p
 }
 
 pub fn ztag_bin() -> PathBuf {

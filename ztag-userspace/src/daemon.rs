@@ -259,12 +259,20 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     );
     let risk_events = crate::risk::Events::new(4096, metrics.registry())
         .map_err(|e| StartError(vec![format!("registering risk metrics: {e}")]))?;
+    let (agent, approved) = crate::agent::Agent::start(
+        &config.agent,
+        &config.state.db_path(),
+        authn.clone(),
+        metrics.registry(),
+    )
+    .map_err(|e| StartError(vec![format!("{e:#}")]))?;
     let gateway = Gateway::new(
         &config.gateway,
         authn,
         decider,
         inspector,
         Some(risk_events),
+        Some(agent.clone()),
         metrics.registry(),
     )?;
     let bound = gateway.bind()?;
@@ -281,8 +289,11 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
         interfaces,
         authz,
+        agent: Some(agent.clone()),
     });
     gateway.serve(bound);
+    tokio::spawn(agent.approvals.clone().run());
+    tokio::spawn(gateway.clone().run_approved(approved));
 
     let listener = admin::bind(&config.admin.socket)
         .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod agent;
 pub mod authn;
 pub mod authz;
 pub mod cli;

@@ -2,6 +2,7 @@
 //! the CLI. JSON in and out; errors are `{"error": "..."}` with a status that
 //! says whose fault it was (400 bad input, 404 unknown entry, 500 internal).
 
+pub mod agent;
 pub mod client;
 
 use std::{
@@ -58,6 +59,8 @@ pub struct Shared {
     pub interfaces: Vec<(String, String)>,
     /// The embedded FGA stores (OpenFGA-compatible API under `/stores`).
     pub authz: Option<Arc<crate::authz::service::Authz>>,
+    /// Vault, approvals and audit (`/v1/vault`, `/v1/approvals`, `/v1/audit`).
+    pub agent: Option<Arc<crate::agent::Agent>>,
 }
 
 /// One counter row of `GET /v1/stats`.
@@ -308,6 +311,15 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
         return Ok(fga(req, &shared).await);
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if parts.first() == Some(&"v1")
+        && matches!(parts.get(1), Some(&"vault" | &"approvals" | &"audit"))
+    {
+        let p = parts.clone();
+        return Ok(match agent::handle(req, &p, &shared).await {
+            Some(r) => r,
+            None => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        });
+    }
     let resp = match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["v1", "health"]) => json(
             StatusCode::OK,

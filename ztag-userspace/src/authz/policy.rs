@@ -97,7 +97,16 @@ impl Template {
                 "method" => Part::Method,
                 "client.ip" => Part::ClientIp,
                 _ => {
-                    if let Some(c) = name.strip_prefix("jwt.").filter(|c| !c.is_empty()) {
+                    if name.contains('.')
+                        && (vars.iter().any(|x| x == name)
+                            || (name.len() > 4
+                                && name.starts_with("arg.")
+                                && vars.iter().any(|x| x == "arg.*")))
+                    {
+                        // Request facts a caller supplies by name (MCP:
+                        // mcp.server, mcp.tool, arg.NAME).
+                        Part::PathVar(name.to_string())
+                    } else if let Some(c) = name.strip_prefix("jwt.").filter(|c| !c.is_empty()) {
                         Part::Claim(c.to_string())
                     } else if let Some(v) = name.strip_prefix("path.") {
                         if !vars.iter().any(|x| x == v) {

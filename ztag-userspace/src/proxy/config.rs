@@ -119,6 +119,11 @@ struct RawRoute {
     inspect_threshold: Option<f32>,
     response_filter: Option<String>,
     response_filter_kinds: Option<Vec<String>>,
+    mcp: Option<crate::agent::mcp::RawMcp>,
+    credential: Option<String>,
+    approval: Option<String>,
+    approval_mode: Option<String>,
+    approval_timeout: Option<String>,
 }
 
 /// Validated `[gateway]`.
@@ -283,9 +288,31 @@ pub struct RouteConfig {
     pub inspect: Option<crate::inspect::RouteInspect>,
     /// Response content filter (`response_filter = …`).
     pub filter: Option<crate::inspect::RouteFilter>,
+    /// The route is an MCP endpoint (`[gateway.route.mcp]`).
+    pub mcp: Option<crate::agent::mcp::McpRoute>,
+    /// `credential = "CONNECTION"`: the upstream gets the caller's
+    /// credential for that connection, never the caller's own token.
+    pub credential: Option<String>,
+    /// `approval = "required"`: every request waits for a person.
+    pub approval: Option<RouteApproval>,
 }
 
-fn dur(key: &str, v: &Option<String>, default: &str, problems: &mut Vec<String>) -> Duration {
+/// `approval = "required"` on a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteApproval {
+    /// Held open or answered 202 with a status URL.
+    pub mode: crate::agent::approvals::Mode,
+    /// Overrides `agent.approvals.timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// A positive duration (`default` when absent); problems name `key`.
+pub(crate) fn dur(
+    key: &str,
+    v: &Option<String>,
+    default: &str,
+    problems: &mut Vec<String>,
+) -> Duration {
     let s = v.as_deref().unwrap_or(default);
     match humantime::parse_duration(s) {
         Ok(d) if !d.is_zero() => d,
@@ -614,6 +641,11 @@ impl RawGateway {
                 inspect_threshold,
                 response_filter,
                 response_filter_kinds,
+                mcp,
+                credential,
+                approval,
+                approval_mode,
+                approval_timeout,
             } = r;
             let key = format!("gateway.route[{i}]");
             let name = name.unwrap_or_else(|| format!("route{i}"));
@@ -728,6 +760,51 @@ impl RawGateway {
                 response_filter_kinds,
             }
             .validate(&key, problems);
+            let mcp = mcp.map(|m| m.validate(&key, &name, problems));
+            if mcp.is_some() && public {
+                problems.push(format!(
+                    "{key}.mcp: an MCP route is an OAuth resource server; it cannot be public (set authenticate)"
+                ));
+            }
+            if credential.is_some() && public {
+                problems.push(format!(
+                    "{key}.credential: credentials are per user, and the route is public (set authenticate)"
+                ));
+            }
+            let approval = match approval.as_deref() {
+                None | Some("none") => {
+                    if approval_mode.is_some() || approval_timeout.is_some() {
+                        problems.push(format!(
+                            "{key}: approval_mode/approval_timeout need approval = \"required\""
+                        ));
+                    }
+                    None
+                }
+                Some("required") => {
+                    let m = approval_mode.as_deref().unwrap_or("hold");
+                    let mode = crate::agent::approvals::Mode::parse(m).unwrap_or_else(|| {
+                        problems.push(format!(
+                            "{key}.approval_mode: {m:?} is not \"hold\" or \"async\""
+                        ));
+                        crate::agent::approvals::Mode::Hold
+                    });
+                    let timeout = approval_timeout.as_ref().map(|_| {
+                        dur(
+                            &format!("{key}.approval_timeout"),
+                            &approval_timeout,
+                            "5m",
+                            problems,
+                        )
+                    });
+                    Some(RouteApproval { mode, timeout })
+                }
+                Some(o) => {
+                    problems.push(format!(
+                        "{key}.approval: {o:?} is not \"required\" or \"none\""
+                    ));
+                    None
+                }
+            };
             routes.push(RouteConfig {
                 name,
                 hosts,
@@ -742,6 +819,9 @@ impl RawGateway {
                 authz: checks,
                 inspect,
                 filter,
+                mcp,
+                credential,
+                approval,
             });
         }
 

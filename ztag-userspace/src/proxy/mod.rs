@@ -18,10 +18,12 @@
 //! 7. record — access log and metrics, for every answer including ztag's own.
 
 pub mod access_log;
+mod approval;
 pub mod config;
 pub mod h1scan;
 pub mod headers;
 pub mod inspect;
+mod mcp;
 mod metrics;
 pub mod normalize;
 pub mod route;
@@ -71,6 +73,9 @@ use self::{
     upstream::{Pool, UpBody},
 };
 use crate::authn::{self, Authn, AuthnError, Credentials, MethodSet, Principal};
+
+/// Where the status of an async approval is read.
+pub const APPROVAL_STATUS_PREFIX: &str = "/.ztag/approvals/";
 
 /// Responses up to this size with a Content-Length are filtered whole
 /// rather than streamed.
@@ -146,6 +151,20 @@ pub enum ProxyError {
     /// The request could not be rebuilt for the upstream (a bug).
     #[error("internal error")]
     Internal,
+    /// The method is not one the route's protocol uses (MCP: GET, POST,
+    /// DELETE).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A person denied the request.
+    #[error("approval denied")]
+    ApprovalDenied,
+    /// Nobody decided in time.
+    #[error("approval timed out")]
+    ApprovalExpired,
+    /// No upstream credential for the caller (a label of
+    /// [`crate::agent::exchange::CredError::reason`]).
+    #[error("upstream credential: {0}")]
+    Credential(&'static str),
 }
 
 impl ProxyError {
@@ -170,6 +189,10 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ApprovalDenied | ProxyError::ApprovalExpired => StatusCode::FORBIDDEN,
+            ProxyError::Credential("credential_unavailable") => StatusCode::BAD_GATEWAY,
+            ProxyError::Credential(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -194,6 +217,10 @@ impl ProxyError {
             ProxyError::ResponseBlocked => "response_blocked",
             ProxyError::ResponseUninspectable => "response_uninspectable",
             ProxyError::Internal => "internal",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::ApprovalDenied => "approval_denied",
+            ProxyError::ApprovalExpired => "approval_expired",
+            ProxyError::Credential(r) => r,
         }
     }
 
@@ -212,6 +239,10 @@ impl ProxyError {
             ProxyError::Uninspectable(_) | ProxyError::BodyRead => "bad_request",
             ProxyError::ResponseBlocked | ProxyError::ResponseUninspectable => "bad_gateway",
             ProxyError::Internal => "internal_error",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::ApprovalDenied | ProxyError::ApprovalExpired => "forbidden",
+            ProxyError::Credential("credential_unavailable") => "bad_gateway",
+            ProxyError::Credential(_) => "forbidden",
         }
     }
 
@@ -226,6 +257,13 @@ impl ProxyError {
             ),
             ProxyError::Injection { category, .. } => format!(
                 "{{\"error\":\"forbidden\",\"reason\":\"prompt_injection\",\"category\":\"{category}\"}}\n"
+            ),
+            ProxyError::ApprovalDenied
+            | ProxyError::ApprovalExpired
+            | ProxyError::Credential(_) => format!(
+                "{{\"error\":\"{}\",\"reason\":\"{}\"}}\n",
+                self.category(),
+                self.reason()
             ),
             _ => format!("{{\"error\":\"{}\"}}\n", self.category()),
         };
@@ -297,6 +335,7 @@ pub struct Gateway {
     authz: Option<Arc<crate::authz::remote::Decider>>,
     inspector: Arc<crate::inspect::Inspector>,
     events: Option<crate::risk::Events>,
+    agent: Option<Arc<crate::agent::Agent>>,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -425,9 +464,36 @@ impl Gateway {
         authz: Option<Arc<crate::authz::remote::Decider>>,
         inspector: Arc<crate::inspect::Inspector>,
         events: Option<crate::risk::Events>,
+        agent: Option<Arc<crate::agent::Agent>>,
         registry: &prometheus::Registry,
     ) -> Result<Arc<Gateway>, StartError> {
         let mut problems = Vec::new();
+        if authz.is_none()
+            && let Some(r) = cfg.routes.iter().find(|r| {
+                r.mcp.as_ref().is_some_and(|m| {
+                    m.tool_check.is_some() || m.tools.iter().any(|t| !t.checks.is_empty())
+                })
+            })
+        {
+            problems.push(format!(
+                "route {:?} has MCP tool checks but no FGA engine is available",
+                r.name
+            ));
+        }
+        if agent.is_none()
+            && let Some(r) = cfg.routes.iter().find(|r| {
+                r.credential.is_some()
+                    || r.approval.is_some()
+                    || r.mcp
+                        .as_ref()
+                        .is_some_and(|m| m.tools.iter().any(|t| t.approval))
+            })
+        {
+            problems.push(format!(
+                "route {:?} needs credentials or approvals, and the agent module is not running",
+                r.name
+            ));
+        }
         if authz.is_none()
             && let Some(r) = cfg.routes.iter().find(|r| !r.authz.is_empty())
         {
@@ -523,6 +589,7 @@ impl Gateway {
             authz,
             inspector,
             events,
+            agent,
             routes,
             pools,
             listeners,
@@ -781,7 +848,16 @@ impl Gateway {
                 if e.status().is_server_error() {
                     debug!(peer = %conn.peer, reason = e.reason(), "{e}");
                 }
-                e.response()
+                let mut r = e.response();
+                // MCP routes are OAuth resource servers: the challenge
+                // points at their RFC 9728 metadata.
+                if let ProxyError::Authn(a) = &e
+                    && let Some(m) = rec.route.and_then(|i| self.cfg.routes[i].mcp.as_ref())
+                {
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, m.challenge(&a.www_authenticate()));
+                }
+                r
             }
         };
         conn.clock.request_done();
@@ -831,6 +907,14 @@ impl Gateway {
         if logging {
             rec.path = Some(path.to_string());
         }
+        if path.starts_with("/.well-known/oauth-protected-resource")
+            && let Some(r) = self.protected_resource_metadata(&path, &parts.method)
+        {
+            return Ok(r);
+        }
+        if let Some(id) = path.strip_prefix(APPROVAL_STATUS_PREFIX) {
+            return self.approval_status(conn, id, &parts).await;
+        }
         let (ri, route) = route::find(&self.cfg.routes, &host_l, &path, &parts.method)
             .ok_or(ProxyError::NoRoute)?;
         rec.route = Some(ri);
@@ -849,6 +933,13 @@ impl Gateway {
                 .await?;
             rec.principal = Some(p.clone());
             authn::check_requirements(&p, &route.require_scopes, &route.require_claims)?;
+            if let Some(m) = &route.mcp
+                && !m.audience_ok(&p.claims)
+            {
+                return Err(ProxyError::Authn(AuthnError::Invalid(
+                    "the token's audience is not this MCP server",
+                )));
+            }
             Some(p)
         };
 
@@ -859,15 +950,68 @@ impl Gateway {
                 .await?;
         }
 
-        // inspect request: the body, read whole (up to max_body_bytes),
-        // through the detector; block, flag or log.
+        // MCP: one JSON-RPC message per POST, checked per tool.
         let bodiless = body.is_end_stream();
         let limit = self.cfg.limits.max_body_bytes as usize;
-        let mut up_body: UpBody = if bodiless {
-            Empty::new().map_err(|never| match never {}).boxed_unsync()
-        } else {
-            Limited::new(body, limit).boxed_unsync()
-        };
+        let mut have: Option<Bytes> = None;
+        let mut mcp_state: Option<mcp::State> = None;
+        let mut body = Some(body);
+        if let Some(m) = &route.mcp {
+            if !m.origin_ok(
+                parts
+                    .headers
+                    .get(header::ORIGIN)
+                    .map(|v| v.to_str().unwrap_or("\u{0}")),
+            ) {
+                rec.reason = Some("mcp_origin_refused");
+                return Err(ProxyError::Forbidden);
+            }
+            match parts.method {
+                Method::POST => {
+                    let max = m.max_message_bytes.min(limit);
+                    let b = body.take().ok_or(ProxyError::Internal)?;
+                    let bytes = match Limited::new(b, max).collect().await {
+                        Ok(c) => c.to_bytes(),
+                        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                            rec.reason = Some("mcp_message_too_large");
+                            return Ok(mcp::rpc_response(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                &crate::agent::mcp::error(
+                                    &serde_json::Value::Null,
+                                    crate::agent::mcp::code::INVALID_REQUEST,
+                                    format!("message larger than {max} bytes"),
+                                    None,
+                                ),
+                            ));
+                        }
+                        Err(_) => return Err(ProxyError::BodyRead),
+                    };
+                    let p = principal.as_deref().ok_or(ProxyError::Forbidden)?;
+                    match self
+                        .mcp_request(conn, route, m, p, &parts.headers, &bytes)
+                        .await
+                    {
+                        Ok(st) => mcp_state = Some(st),
+                        Err((reason, resp)) => {
+                            rec.reason = Some(reason);
+                            return Ok(resp);
+                        }
+                    }
+                    have = Some(bytes);
+                }
+                Method::GET | Method::DELETE => {}
+                _ => {
+                    let mut r = ProxyError::MethodNotAllowed.response();
+                    r.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+                    rec.reason = Some(ProxyError::MethodNotAllowed.reason());
+                    return Ok(r);
+                }
+            }
+        }
+
+        // inspect request: the body, read whole (up to max_body_bytes),
+        // through the detector; block, flag or log.
         let ctx = || inspect::Ctx {
             route: route.name.clone(),
             source: conn.peer.ip(),
@@ -876,40 +1020,60 @@ impl Gateway {
             events: self.events.clone(),
         };
         let mut flag = None;
-        if let Some(ri) = &route.inspect
-            && !bodiless
-        {
-            let bytes = match up_body.collect().await {
+        let needs_approval =
+            route.approval.is_some() || mcp_state.as_ref().is_some_and(|s| s.approval.is_some());
+        let mut up_body: UpBody = match body {
+            Some(b) if !bodiless => Limited::new(b, limit).boxed_unsync(),
+            _ => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        };
+        if (route.inspect.is_some() || needs_approval) && !bodiless && have.is_none() {
+            have = Some(match up_body.collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     return Err(ProxyError::BodyTooLarge);
                 }
                 Err(_) => return Err(ProxyError::BodyRead),
-            };
-            if let Some(d) = self.inspector.inspect_request(&route.name, ri, &bytes)? {
-                ctx().detection(
-                    &d,
-                    crate::risk::EventKind::PromptInjection,
-                    ri.action.as_str(),
-                );
-                match ri.action {
-                    crate::inspect::Action::Block => {
-                        let jsonrpc_id = (ri.mode == crate::inspect::Mode::Mcp).then(|| {
-                            crate::inspect::codec::mcp_messages(&bytes)
-                                .ok()
-                                .and_then(|m| m.first().and_then(|m| m.get("id").cloned()))
-                                .unwrap_or(serde_json::Value::Null)
-                        });
-                        return Err(ProxyError::Injection {
-                            category: d.verdict.category,
-                            jsonrpc_id,
-                        });
+            });
+            up_body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        }
+        if let Some(ri) = &route.inspect
+            && let Some(bytes) = &have
+            && let Some(d) = self.inspector.inspect_request(&route.name, ri, bytes)?
+        {
+            ctx().detection(
+                &d,
+                crate::risk::EventKind::PromptInjection,
+                ri.action.as_str(),
+            );
+            match ri.action {
+                crate::inspect::Action::Block => {
+                    let jsonrpc_id = (ri.mode == crate::inspect::Mode::Mcp).then(|| {
+                        crate::inspect::codec::mcp_messages(bytes)
+                            .ok()
+                            .and_then(|m| m.first().and_then(|m| m.get("id").cloned()))
+                            .unwrap_or(serde_json::Value::Null)
+                    });
+                    if let Some(st) = &mcp_state {
+                        self.audit_tool(
+                            conn,
+                            route,
+                            principal.as_deref(),
+                            st,
+                            "deny",
+                            Some("prompt_injection"),
+                        );
                     }
-                    crate::inspect::Action::Flag => flag = Some(inspect::flag_value(&d)),
-                    crate::inspect::Action::Log => {}
+                    return Err(ProxyError::Injection {
+                        category: d.verdict.category,
+                        jsonrpc_id,
+                    });
                 }
+                crate::inspect::Action::Flag => flag = Some(inspect::flag_value(&d)),
+                crate::inspect::Action::Log => {}
             }
-            up_body = Full::new(bytes)
+        }
+        if let Some(bytes) = &have {
+            up_body = Full::new(bytes.clone())
                 .map_err(|never| match never {})
                 .boxed_unsync();
         }
@@ -951,6 +1115,52 @@ impl Gateway {
                 .headers
                 .insert(self.inspector.config.flag_header.clone(), f);
         }
+        // approve: held (or answered 202) until a person decides.
+        if needs_approval {
+            let stored = crate::agent::approvals::StoredRequest {
+                method: parts.method.to_string(),
+                path_and_query: match parts.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
+                },
+                host: host.to_string(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        *k != header::AUTHORIZATION
+                            && *k != header::COOKIE
+                            && *k != header::PROXY_AUTHORIZATION
+                    })
+                    .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                    .collect(),
+                body_b64: crate::agent::approvals::b64(have.as_deref().unwrap_or_default()),
+            };
+            if let Some(resp) = self
+                .approve(
+                    conn,
+                    route,
+                    principal.as_deref(),
+                    mcp_state.as_ref(),
+                    stored,
+                    proto,
+                    host,
+                    rec,
+                )
+                .await?
+            {
+                return Ok(resp);
+            }
+        }
+
+        // credentials: the caller's upstream credential replaces its token.
+        if let Some(c) = &route.credential {
+            let p = principal.as_deref().ok_or(ProxyError::Forbidden)?;
+            let (name, value) = self.credential(c, p, &parts.headers).await?;
+            parts.headers.remove(header::AUTHORIZATION);
+            parts.headers.insert(name, value);
+        }
+
         let plan = &self.routes[ri].plan;
         if !plan.is_empty() {
             // Responses the gateway must read come uncompressed.
@@ -1019,6 +1229,28 @@ impl Gateway {
                         pool.record(&lease.peer, true);
                     }
                     headers::strip_hop_by_hop(resp.headers_mut());
+                    if let Some(st) = &mcp_state {
+                        if st.method == "tools/list" {
+                            return self
+                                .mcp_tools_list(
+                                    route,
+                                    principal.as_deref(),
+                                    plan,
+                                    resp,
+                                    ctx(),
+                                    limit,
+                                )
+                                .await;
+                        }
+                        if st.tool.is_some() {
+                            let d = if resp.status().is_success() {
+                                "allow"
+                            } else {
+                                "error"
+                            };
+                            self.audit_tool(conn, route, principal.as_deref(), st, d, None);
+                        }
+                    }
                     if !plan.is_empty() {
                         return self.filter_response(plan, resp, ctx(), limit).await;
                     }
@@ -1091,16 +1323,7 @@ impl Gateway {
             };
             let (out, flag) = inspect::whole(&self.inspector, plan, &ctx, bytes)
                 .map_err(|_| ProxyError::ResponseBlocked)?;
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-            if let Some(f) = flag {
-                parts
-                    .headers
-                    .insert(self.inspector.config.flag_header.clone(), f);
-            }
-            return Ok(Response::from_parts(parts, full(out)));
+            return Ok(self.whole_response(parts, out, flag));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         let streamer = inspect::Streamer::new(self.inspector.clone(), plan, ctx, sse);
@@ -1108,6 +1331,26 @@ impl Gateway {
             parts,
             inspect::Filtered::new(body, streamer).boxed_unsync(),
         ))
+    }
+
+    /// A response whose body was judged whole: its length, and the flag
+    /// header if the inspection flagged it.
+    fn whole_response(
+        &self,
+        mut parts: http::response::Parts,
+        out: Bytes,
+        flag: Option<HeaderValue>,
+    ) -> Response<RespBody> {
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        if let Some(f) = flag {
+            parts
+                .headers
+                .insert(self.inspector.config.flag_header.clone(), f);
+        }
+        Response::from_parts(parts, full(out))
     }
 
     fn peer_failed(&self, pool: &Pool, peer: &upstream::Peer) {
@@ -1144,35 +1387,57 @@ impl Gateway {
             None => Some(Vec::new()),
         };
         for check in &route.authz {
-            let start = Instant::now();
-            let planned = captures.as_deref().and_then(|c| check.plan(&facts, c));
-            let Some(planned) = planned else {
-                self.metrics
-                    .authz(&route.name, decider.kind(), "deny", start.elapsed());
-                debug!(route = %route.name, "authz: a template value is missing; denied");
+            let allowed = match &captures {
+                Some(c) => self.fga_check(route, decider, check, &facts, c).await,
+                None => {
+                    self.metrics
+                        .authz(&route.name, decider.kind(), "deny", Duration::ZERO);
+                    false
+                }
+            };
+            if !allowed {
                 return Err(ProxyError::Forbidden);
-            };
-            let result = decider.check(&planned).await;
-            let label = match &result {
-                Ok(true) => "allow",
-                Ok(false) => "deny",
-                Err(_) => "error",
-            };
-            self.metrics
-                .authz(&route.name, decider.kind(), label, start.elapsed());
-            match result {
-                Ok(true) => {}
-                Ok(false) => {
-                    debug!(route = %route.name, user = %planned.user, relation = %planned.relation, object = %planned.object, "authz: denied");
-                    return Err(ProxyError::Forbidden);
-                }
-                Err(e) => {
-                    warn!(route = %route.name, user = %planned.user, relation = %planned.relation, object = %planned.object, error = %e, "authz: no decision; denied");
-                    return Err(ProxyError::Forbidden);
-                }
             }
         }
         Ok(())
+    }
+
+    /// One FGA check of a policy: `false` when it denies, when a template
+    /// value is missing, or when the engine gives no answer (logged).
+    async fn fga_check(
+        &self,
+        route: &config::RouteConfig,
+        decider: &crate::authz::remote::Decider,
+        check: &crate::authz::policy::CheckPolicy,
+        facts: &crate::authz::policy::RequestFacts<'_>,
+        captures: &[(String, String)],
+    ) -> bool {
+        let start = Instant::now();
+        let Some(planned) = check.plan(facts, captures) else {
+            self.metrics
+                .authz(&route.name, decider.kind(), "deny", start.elapsed());
+            debug!(route = %route.name, "authz: a template value is missing; denied");
+            return false;
+        };
+        let result = decider.check(&planned).await;
+        let label = match &result {
+            Ok(true) => "allow",
+            Ok(false) => "deny",
+            Err(_) => "error",
+        };
+        self.metrics
+            .authz(&route.name, decider.kind(), label, start.elapsed());
+        match result {
+            Ok(true) => true,
+            Ok(false) => {
+                debug!(route = %route.name, user = %planned.user, relation = %planned.relation, object = %planned.object, "authz: denied");
+                false
+            }
+            Err(e) => {
+                warn!(route = %route.name, user = %planned.user, relation = %planned.relation, object = %planned.object, error = %e, "authz: no decision; denied");
+                false
+            }
+        }
     }
 
     fn identity(&self, h: &mut HeaderMap, p: &Principal) {

@@ -80,6 +80,9 @@ mod tests {
             authz: vec![],
             inspect: None,
             filter: None,
+            mcp: None,
+            credential: None,
+            approval: None,
         }
     }
 

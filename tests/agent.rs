@@ -1,0 +1,885 @@
+//! AI agent security end to end, through the real `ztag run`:
+//!
+//! * the MCP gateway in front of a real MCP server, driven by a real MCP
+//!   client (both the official Python SDK, `tests/mcp/`): initialise, list
+//!   tools (filtered per user by FGA), call an allowed tool, be refused a
+//!   forbidden one, get a redacted result, an indirect injection blocked, a
+//!   tool call held for approval; OAuth resource-server behaviour (401 with
+//!   `resource_metadata`, RFC 9728 metadata, audience binding) and JSON-RPC
+//!   errors; the audit log;
+//! * the token vault: a credential put with the CLI reaches the upstream,
+//!   the agent never sees it, `vault list` never prints it, an expired one
+//!   is refreshed at the token endpoint;
+//! * RFC 8693 token exchange at a test token endpoint that verifies ztag's
+//!   private_key_jwt assertion, cached;
+//! * approvals: approved (CLI and CIBA), denied, timed out, and an async one
+//!   approved after a daemon restart; the webhook's signature.
+
+use std::{
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use ztag_tests::{
+    Proc,
+    gateway::{Gateway, MCP_RESOURCE, Options, Reply, free_port},
+    idp::Alg,
+    mcp_python,
+    oauth::{CibaAnswer, ClientKey, OAuthServer, ZTAG_CLIENT_ID},
+};
+
+const MCP_PATH: &str = "/agent-mcp";
+const HOOK_SECRET: &str = "webhook-secret-0123456789";
+
+/// The Python MCP server on a free port; killed on drop.
+struct McpServer {
+    _proc: Proc,
+    port: u16,
+}
+
+impl McpServer {
+    fn start() -> McpServer {
+        let port = free_port();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/server.py");
+        let child = Command::new(mcp_python())
+            .arg(script)
+            .arg(port.to_string())
+            .arg(MCP_PATH)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the MCP server");
+        let proc = Proc(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the MCP server did not start");
+            sleep(Duration::from_millis(100));
+        }
+        McpServer { _proc: proc, port }
+    }
+}
+
+struct World {
+    gw: Gateway,
+    oauth: OAuthServer,
+    _mcp: McpServer,
+}
+
+fn world(token_ttl: u64) -> World {
+    let key = ClientKey::generate();
+    let oauth = OAuthServer::start(&key, token_ttl);
+    let mcp = McpServer::start();
+    let o = &oauth.base;
+    let extra_routes = format!(
+        r#"
+[[gateway.upstream]]
+name = "mcp-files"
+peers = ["127.0.0.1:{mcp_port}"]
+
+[[gateway.route]]
+name = "mcp-files"
+path_prefix = "{MCP_PATH}"
+upstream = "mcp-files"
+authenticate = ["corp"]
+inspect = "mcp"
+response_filter = "redact"
+[gateway.route.mcp]
+resource = "{MCP_RESOURCE}"
+authorization_servers = ["https://idp.example.com"]
+scopes_supported = ["mcp:tools"]
+server = "files"
+max_message_bytes = 4096
+[gateway.route.mcp.tool_check]
+user = "user:{{jwt.sub}}"
+relation = "can_call"
+object = "tool:{{mcp.server}}_{{mcp.tool}}"
+[[gateway.route.mcp.tool]]
+name = "echo"
+approval = "required"
+approval_when_args = {{ text = "^deploy" }}
+approval_timeout = "30s"
+[[gateway.route.mcp.tool]]
+name = "read_file"
+allow_args = {{ path = "^/srv/" }}
+
+[[gateway.route]]
+name = "vaulted"
+path_prefix = "/vaulted/"
+upstream = "echo"
+authenticate = ["corp"]
+credential = "echo-api"
+
+[[gateway.route]]
+name = "exchange"
+path_prefix = "/exchange/"
+upstream = "echo"
+authenticate = ["corp"]
+credential = "calendar"
+
+[[gateway.route]]
+name = "approve-hold"
+path_prefix = "/approve-hold/"
+upstream = "echo"
+authenticate = ["corp"]
+approval = "required"
+approval_timeout = "30s"
+
+[[gateway.route]]
+name = "approve-short"
+path_prefix = "/approve-short/"
+upstream = "echo"
+authenticate = ["corp"]
+approval = "required"
+approval_timeout = "2s"
+
+[[gateway.route]]
+name = "approve-async"
+path_prefix = "/approve-async/"
+upstream = "echo"
+authenticate = ["corp"]
+approval = "required"
+approval_mode = "async"
+approval_timeout = "2m"
+"#,
+        mcp_port = mcp.port
+    );
+    let extra_config = format!(
+        r#"
+[authn.outbound]
+client_id = "{ZTAG_CLIENT_ID}"
+key_file = "ztag-client.pem"
+algorithm = "ES256"
+
+[agent.vault]
+key_file = "vault.key"
+cache_ttl = "1s"
+
+[[agent.connection]]
+name = "echo-api"
+token_endpoint = "{o}/token"
+
+[[agent.connection]]
+name = "calendar"
+token_endpoint = "{o}/token"
+[agent.connection.exchange]
+grant_type = "urn:ietf:params:oauth:grant-type:token-exchange"
+audience = "https://calendar.example.com"
+params = {{ connection = "google-oauth2" }}
+
+[agent.approvals]
+timeout = "30s"
+[agent.approvals.webhook]
+url = "{o}/webhook"
+secret_file = "hook.secret"
+[agent.approvals.ciba]
+backchannel_endpoint = "{o}/bc-authorize"
+token_endpoint = "{o}/token"
+login_hint = "approver@example.com"
+poll_interval = "1s"
+"#
+    );
+    let gw = Gateway::start(Options {
+        extra_routes,
+        extra_config,
+        files: vec![
+            ("ztag-client.pem".into(), key.pem.clone()),
+            ("vault.key".into(), "11".repeat(32)),
+            ("hook.secret".into(), HOOK_SECRET.into()),
+        ],
+        ..Options::default()
+    });
+    World {
+        gw,
+        oauth,
+        _mcp: mcp,
+    }
+}
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mcp_token(gw: &Gateway, sub: &str) -> String {
+    gw.idp
+        .token(Alg::ES256, &gw.idp.claims(sub, MCP_RESOURCE, "mcp:tools"))
+}
+
+/// Runs the Python MCP client; returns its JSON lines.
+fn mcp_client(gw: &Gateway, token: &str, steps: &[&str]) -> Vec<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/client.py");
+    let out = Command::new(mcp_python())
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{}{MCP_PATH}", gw.plain_port))
+        .arg(token)
+        .args(steps)
+        .output()
+        .expect("running the MCP client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "MCP client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn rpc(gw: &Gateway, token: Option<&str>, extra: &[(&str, &str)], body: &str) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    if let Some(a) = &auth {
+        h.push(("Authorization", a.as_str()));
+    }
+    h.extend_from_slice(extra);
+    gw.request("POST", MCP_PATH, &h, body.as_bytes())
+}
+
+fn pending(gw: &Gateway) -> Vec<Value> {
+    let out = gw.cli(&["approvals", "list", "--json"], "");
+    serde_json::from_str(&ok(&out, "approvals list")).unwrap()
+}
+
+/// Waits for `n` pending approvals; returns them.
+fn wait_pending(gw: &Gateway, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = pending(gw);
+        if p.len() >= n {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "no pending approval appeared");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn mcp_gateway_with_the_official_sdk() {
+    let w = world(300);
+    let gw = &w.gw;
+    for t in ["echo", "read_file", "fetch_page"] {
+        ok(
+            &gw.fga(&[
+                "tuple",
+                "write",
+                "user:alice",
+                "can_call",
+                &format!("tool:files_{t}"),
+            ]),
+            "tuple write",
+        );
+    }
+    let alice = mcp_token(gw, "alice");
+
+    // Lists only the tools alice may call; the allowed call works; the
+    // forbidden one is a JSON-RPC error; the file's secret is redacted; the
+    // page's hidden instructions are blocked.
+    let out = mcp_client(
+        gw,
+        &alice,
+        &[
+            "list",
+            r#"call:echo:{"text":"hello"}"#,
+            r#"call:delete_file:{"path":"/srv/a"}"#,
+            r#"call:read_file:{"path":"/srv/config.ini"}"#,
+            r#"call:read_file:{"path":"/etc/shadow"}"#,
+            r#"call:fetch_page:{"url":"https://shop.example.com"}"#,
+        ],
+    );
+    assert_eq!(out[0]["server"], "files", "{out:?}");
+    assert_eq!(
+        out[1]["tools"],
+        json!(["echo", "fetch_page", "read_file"]),
+        "{out:?}"
+    );
+    assert_eq!(out[2]["text"], "hello", "{out:?}");
+    assert_eq!(out[3]["error"]["code"], -32003, "{out:?}");
+    assert!(
+        out[3]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not authorised")
+    );
+    let file = out[4]["text"].as_str().unwrap();
+    assert!(file.contains("region = eu-west-1"), "{file}");
+    assert!(
+        !file.contains("AKIAZ7Q3RT5UV2WXY4AB"),
+        "not redacted: {file}"
+    );
+    assert_eq!(out[5]["error"]["code"], -32003, "{out:?}");
+    assert!(
+        out[5]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("argument")
+    );
+    assert_eq!(
+        out[6]["error"]["code"], -32001,
+        "indirect injection: {out:?}"
+    );
+
+    // bob may call nothing: an empty list.
+    let out = mcp_client(gw, &mcp_token(gw, "bob"), &["list"]);
+    assert_eq!(out[1]["tools"], json!([]), "{out:?}");
+
+    // A tool call held for approval: approved with the CLI, it completes.
+    let port = gw.plain_port;
+    let t = alice.clone();
+    let held = std::thread::spawn(move || {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/client.py");
+        Command::new(mcp_python())
+            .arg(script)
+            .arg(format!("http://127.0.0.1:{port}{MCP_PATH}"))
+            .arg(t)
+            .arg(r#"call:echo:{"text":"deploy to production"}"#)
+            .output()
+            .unwrap()
+    });
+    let p = wait_pending(gw, 1);
+    assert_eq!(p[0]["target"], "files/echo", "{p:?}");
+    assert_eq!(p[0]["subject"], "alice");
+    assert!(
+        p[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("deploy to production")
+    );
+    let id = p[0]["id"].as_str().unwrap();
+    ok(
+        &gw.cli(&["approvals", "approve", id, "--note", "ok"], ""),
+        "approve",
+    );
+    let out = held.join().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("\"text\": \"deploy to production\""), "{s}");
+
+    // The audit log has every call: who, which agent, tool, decision.
+    let a = ok(
+        &gw.cli(&["audit", "--kind", "tool_call", "--json"], ""),
+        "audit",
+    );
+    let rows: Vec<Value> = serde_json::from_str(&a).unwrap();
+    let find = |tool: &str, d: &str| {
+        rows.iter().any(|r| {
+            r["target"] == format!("files/{tool}")
+                && r["decision"] == d
+                && r["subject"] == "alice"
+                && r["client_id"] == "test-client"
+                && r["duration_us"].as_i64().is_some()
+        })
+    };
+    assert!(find("echo", "allow"), "{a}");
+    assert!(find("delete_file", "deny"), "{a}");
+    assert!(find("read_file", "deny"), "{a}");
+    let m = gw.metrics();
+    assert!(
+        m.contains("ztag_audit_records_total{decision=\"deny\",kind=\"tool_call\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn mcp_resource_server_and_json_rpc_errors() {
+    let w = world(300);
+    let gw = &w.gw;
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+    // No token: 401 pointing at the metadata, which names the servers.
+    let r = rpc(gw, None, &[], init);
+    assert_eq!(r.status, 401);
+    let meta_url = "https://api.example.com/.well-known/oauth-protected-resource/agent-mcp";
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(format!("Bearer resource_metadata=\"{meta_url}\"").as_str())
+    );
+    let m = gw.get("/.well-known/oauth-protected-resource/agent-mcp", &[]);
+    assert_eq!(m.status, 200);
+    let j = m.json();
+    assert_eq!(j["resource"], MCP_RESOURCE);
+    assert_eq!(
+        j["authorization_servers"],
+        json!(["https://idp.example.com"])
+    );
+    assert_eq!(j["bearer_methods_supported"], json!(["header"]));
+
+    // A token for another audience (valid for the provider): refused.
+    let other = gw.token(Alg::ES256, "alice", "mcp:tools");
+    let r = rpc(gw, Some(&other), &[], init);
+    assert_eq!(r.status, 401);
+    let h = r.header("www-authenticate").unwrap();
+    assert!(
+        h.contains("invalid_token") && h.contains("resource_metadata="),
+        "{h}"
+    );
+
+    let t = mcp_token(gw, "alice");
+    let e = |r: &Reply| r.json()["error"]["code"].as_i64().unwrap();
+    let r = rpc(gw, Some(&t), &[], "{not json");
+    assert_eq!((r.status, e(&r)), (400, -32700));
+    let r = rpc(
+        gw,
+        Some(&t),
+        &[],
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+    );
+    assert_eq!((r.status, e(&r)), (400, -32600));
+    let r = rpc(
+        gw,
+        Some(&t),
+        &[],
+        r#"{"jsonrpc":"2.0","id":5,"method":"admin/exec"}"#,
+    );
+    assert_eq!((r.status, e(&r)), (200, -32601));
+    assert_eq!(r.json()["id"], 5);
+    let r = rpc(
+        gw,
+        Some(&t),
+        &[],
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{}}"#,
+    );
+    assert_eq!((r.status, e(&r)), (200, -32602));
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#,
+        "a".repeat(5000)
+    );
+    let r = rpc(gw, Some(&t), &[], &big);
+    assert_eq!((r.status, e(&r)), (413, -32600));
+    // The method in the header must be the body's.
+    let r = rpc(
+        gw,
+        Some(&t),
+        &[("Mcp-Method", "tools/list")],
+        r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo"}}"#,
+    );
+    assert_eq!((r.status, e(&r)), (400, -32600));
+    // A foreign Origin (DNS rebinding) is refused.
+    let r = rpc(gw, Some(&t), &[("Origin", "https://evil.example")], init);
+    assert_eq!(r.status, 403);
+    // PUT is not an MCP method.
+    let r = gw.request(
+        "PUT",
+        MCP_PATH,
+        &[("Authorization", &format!("Bearer {t}"))],
+        b"x",
+    );
+    assert_eq!(r.status, 405);
+    // Initialize goes through to the server.
+    let r = rpc(gw, Some(&t), &[], init);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"serverInfo\""), "{}", r.text());
+}
+
+#[test]
+fn vault_credentials_reach_the_upstream_never_the_agent() {
+    let w = world(300);
+    let gw = &w.gw;
+    let secret = "sk-live-4f3c2b1a0987654321";
+    ok(
+        &gw.cli(
+            &[
+                "vault",
+                "put",
+                "--user",
+                "alice",
+                "--connection",
+                "echo-api",
+            ],
+            &format!("{secret}\n"),
+        ),
+        "vault put",
+    );
+    let list = ok(&gw.cli(&["vault", "list"], ""), "vault list");
+    assert!(
+        list.contains("alice") && list.contains("echo-api"),
+        "{list}"
+    );
+    assert!(
+        !list.contains(secret),
+        "vault list printed the secret: {list}"
+    );
+    let json_list = ok(
+        &gw.cli(&["vault", "list", "--json"], ""),
+        "vault list --json",
+    );
+    assert!(!json_list.contains(secret));
+
+    let alice = gw.token(Alg::ES256, "alice", "api");
+    let r = gw.request(
+        "POST",
+        "/vaulted/repos",
+        &[
+            ("Authorization", &format!("Bearer {alice}")),
+            ("x-echo-reply", "body"),
+        ],
+        b"{\"name\":\"x\"}",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // What the agent sees: its own body back, no secret anywhere.
+    assert!(!format!("{r:?}").contains(secret), "{r:?}");
+    // What the upstream saw: the vault's credential instead of alice's token.
+    let up = gw.upstream.last().unwrap();
+    assert_eq!(
+        up["headers"]["authorization"],
+        json!([format!("Bearer {secret}")]),
+        "{up}"
+    );
+    assert!(!up.to_string().contains(&alice));
+    assert!(
+        !gw.log_text().contains(secret),
+        "the secret is in the daemon's log"
+    );
+
+    // No entry: refused, nothing sent.
+    let before = gw.upstream.requests();
+    let bob = gw.token(Alg::ES256, "bob", "api");
+    let r = gw.get("/vaulted/x", &[("Authorization", &format!("Bearer {bob}"))]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["reason"], "credential_missing");
+    assert_eq!(gw.upstream.requests(), before);
+
+    // An expired credential with a refresh token: refreshed at the token
+    // endpoint (private_key_jwt), stored, used.
+    std::fs::write(gw.dir.0.join("rt"), "refresh-me").unwrap();
+    ok(
+        &gw.cli(
+            &[
+                "vault",
+                "put",
+                "--user",
+                "bob",
+                "--connection",
+                "echo-api",
+                "--expires-in",
+                "10s",
+                "--refresh-token-file",
+            ]
+            .into_iter()
+            .chain([gw.dir.0.join("rt").to_str().unwrap()])
+            .collect::<Vec<_>>(),
+            "old-token",
+        ),
+        "vault put",
+    );
+    let r = gw.get("/vaulted/x", &[("Authorization", &format!("Bearer {bob}"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = gw.upstream.last().unwrap();
+    let got = up["headers"]["authorization"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(got.starts_with("Bearer refreshed-"), "{up}");
+    let reqs = w.oauth.token_requests();
+    let last = reqs.last().unwrap();
+    assert_eq!(last["grant_type"], "refresh_token");
+    assert_eq!(last["refresh_token"], "refresh-me");
+    assert_eq!(w.oauth.bad_assertions(), 0);
+    // The refreshed token is stored: the next request does not refresh.
+    let n = w.oauth.token_requests().len();
+    let r = gw.get("/vaulted/y", &[("Authorization", &format!("Bearer {bob}"))]);
+    assert_eq!(r.status, 200);
+    assert_eq!(w.oauth.token_requests().len(), n);
+    assert_eq!(
+        gw.upstream.last().unwrap()["headers"]["authorization"][0],
+        got.as_str()
+    );
+
+    ok(
+        &gw.cli(
+            &["vault", "rm", "--user", "alice", "--connection", "echo-api"],
+            "",
+        ),
+        "vault rm",
+    );
+    sleep(Duration::from_millis(1100));
+    let r = gw.get(
+        "/vaulted/x",
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(r.status, 403);
+    // The sealed secret is not in the state DB in the clear.
+    let db = std::fs::read(gw.dir.0.join("state/ztag.db")).unwrap_or_default();
+    let wal = std::fs::read(gw.dir.0.join("state/ztag.db-wal")).unwrap_or_default();
+    for f in [db, wal] {
+        assert!(!f.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+}
+
+#[test]
+fn token_exchange_authenticates_with_private_key_jwt_and_caches() {
+    let w = world(300);
+    let gw = &w.gw;
+    let alice = gw.token(Alg::ES256, "alice", "api");
+    let r = gw.get(
+        "/exchange/events",
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = gw.upstream.last().unwrap();
+    assert_eq!(
+        up["headers"]["authorization"],
+        json!(["Bearer xchg-1"]),
+        "{up}"
+    );
+    let reqs = w.oauth.token_requests();
+    assert_eq!(reqs.len(), 1);
+    let x = &reqs[0];
+    assert_eq!(
+        x["grant_type"],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
+    assert_eq!(x["subject_token"], alice);
+    assert_eq!(
+        x["subject_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(x["audience"], "https://calendar.example.com");
+    assert_eq!(x["connection"], "google-oauth2");
+    assert_eq!(x["client_id"], ZTAG_CLIENT_ID);
+    assert!(!x.contains_key("client_secret"));
+    assert_eq!(w.oauth.bad_assertions(), 0, "the assertion did not verify");
+    // Cached: the second request makes no exchange.
+    let r = gw.get(
+        "/exchange/events",
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(w.oauth.token_requests().len(), 1);
+    assert_eq!(
+        gw.upstream.last().unwrap()["headers"]["authorization"],
+        json!(["Bearer xchg-1"])
+    );
+    // Another caller's token: its own exchange.
+    let bob = gw.token(Alg::ES256, "bob", "api");
+    let r = gw.get(
+        "/exchange/events",
+        &[("Authorization", &format!("Bearer {bob}"))],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(w.oauth.token_requests().len(), 2);
+    assert_eq!(
+        gw.upstream.last().unwrap()["headers"]["authorization"],
+        json!(["Bearer xchg-2"])
+    );
+}
+
+#[test]
+fn token_exchange_results_expire_and_refresh() {
+    // Tokens live 31 s: at once within the 30 s margin, so each request
+    // after the first uses the refresh token the exchange returned.
+    let w = world(31);
+    let gw = &w.gw;
+    let alice = gw.token(Alg::ES256, "alice", "api");
+    for _ in 0..2 {
+        let r = gw.get(
+            "/exchange/e",
+            &[("Authorization", &format!("Bearer {alice}"))],
+        );
+        assert_eq!(r.status, 200);
+    }
+    sleep(Duration::from_millis(1200));
+    let r = gw.get(
+        "/exchange/e",
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(r.status, 200);
+    let grants: Vec<String> = w
+        .oauth
+        .token_requests()
+        .iter()
+        .map(|r| r["grant_type"].clone())
+        .collect();
+    assert_eq!(grants[0], "urn:ietf:params:oauth:grant-type:token-exchange");
+    assert!(
+        grants[1..].iter().all(|g| g == "refresh_token"),
+        "{grants:?}"
+    );
+    assert!(
+        gw.upstream.last().unwrap()["headers"]["authorization"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer refreshed-")
+    );
+}
+
+fn webhook_ok(body: &str, sig: &str) -> bool {
+    let (t, v1) = sig
+        .split_once(',')
+        .map(|(a, b)| (a.trim_start_matches("t="), b.trim_start_matches("v1=")))
+        .unwrap();
+    let want = ztag::agent::approvals::webhook_signature(
+        HOOK_SECRET.as_bytes(),
+        t.parse().unwrap(),
+        body.as_bytes(),
+    );
+    want == v1
+}
+
+#[test]
+fn approvals_approved_denied_timed_out_and_across_a_restart() {
+    let mut w = world(300);
+    let alice = w.gw.token(Alg::ES256, "alice", "api");
+    let auth = format!("Bearer {alice}");
+
+    // Held, approved with the CLI: the request goes on to the upstream.
+    let send = |gw: &Gateway, path: &str| {
+        let (port, auth) = (gw.plain_port, auth.clone());
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}"])
+                .args(["-H", &format!("Authorization: {auth}")])
+                .args(["-X", "POST", "--data", "{\"deploy\":\"prod\"}"])
+                .arg(format!("http://127.0.0.1:{port}{path}"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let before = w.gw.upstream.requests();
+    let h = send(&w.gw, "/approve-hold/deploy");
+    let p = wait_pending(&w.gw, 1);
+    assert_eq!(p[0]["target"], "POST /approve-hold/deploy");
+    assert_eq!(w.gw.upstream.requests(), before, "sent before the decision");
+    let id = p[0]["id"].as_str().unwrap().to_string();
+    ok(
+        &w.gw
+            .cli(&["approvals", "approve", &id, "--by", "carol"], ""),
+        "approve",
+    );
+    let out = h.join().unwrap();
+    assert!(out.ends_with("\n200"), "{out}");
+    assert_eq!(w.gw.upstream.requests(), before + 1);
+    // Approving twice is refused.
+    let again = w.gw.cli(&["approvals", "approve", &id], "");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already approved"));
+
+    // The webhook got each request, signed.
+    let hooks = w.oauth.webhooks();
+    assert!(!hooks.is_empty());
+    let (sig, body) = &hooks[0];
+    assert!(webhook_ok(body, sig), "bad webhook signature {sig}");
+    assert!(!webhook_ok(&body.replace("alice", "mallory"), sig));
+    let b: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(b["approval"]["id"], id.as_str());
+
+    // Held, denied.
+    let h = send(&w.gw, "/approve-hold/drop");
+    let p = wait_pending(&w.gw, 1);
+    let id = p[0]["id"].as_str().unwrap().to_string();
+    ok(
+        &w.gw.cli(&["approvals", "deny", &id, "--note", "no"], ""),
+        "deny",
+    );
+    let out = h.join().unwrap();
+    assert!(
+        out.ends_with("\n403") && out.contains("approval_denied"),
+        "{out}"
+    );
+
+    // Held, approved through CIBA (the approver's IdP says yes).
+    let h = send(&w.gw, "/approve-hold/ciba");
+    let p = wait_pending(&w.gw, 1);
+    let id = p[0]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let req = loop {
+        let c = w.oauth.ciba_requests();
+        if let Some(r) = c.iter().find(|(_, _, b)| b.contains(&id[..8])) {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no CIBA request: {c:?}");
+        sleep(Duration::from_millis(100));
+    };
+    assert_eq!(req.1, "approver@example.com");
+    w.oauth.set_ciba(&req.0, CibaAnswer::Approve);
+    let out = h.join().unwrap();
+    assert!(out.ends_with("\n200"), "{out}");
+    let show: Value =
+        serde_json::from_str(&ok(&w.gw.cli(&["approvals", "show", &id], ""), "show")).unwrap();
+    assert_eq!(show["decided_by"], "ciba:approver@example.com");
+
+    // Nobody decides: denied at the timeout.
+    let t0 = Instant::now();
+    let out = send(&w.gw, "/approve-short/x").join().unwrap();
+    assert!(
+        out.ends_with("\n403") && out.contains("approval_expired"),
+        "{out}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+
+    // Async: 202 and a status URL; the daemon restarts; approved after it,
+    // the stored request is sent and its answer is at the status URL.
+    let r = w.gw.request(
+        "POST",
+        "/approve-async/report",
+        &[("Authorization", &auth)],
+        b"{\"q\":1}",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let url = r.json()["status_url"].as_str().unwrap().to_string();
+    let status_path = url.split_once("://").unwrap().1;
+    let status_path = &status_path[status_path.find('/').unwrap()..];
+    assert_eq!(r.header("location"), Some(url.as_str()));
+    let s = w.gw.get(status_path, &[("Authorization", &auth)]);
+    assert_eq!(s.status, 202);
+    assert_eq!(s.json()["status"], "pending");
+    // Someone else cannot read it.
+    let bob = w.gw.token(Alg::ES256, "bob", "api");
+    assert_eq!(
+        w.gw.get(status_path, &[("Authorization", &format!("Bearer {bob}"))])
+            .status,
+        404
+    );
+    let id = r.json()["approval"].as_str().unwrap().to_string();
+    let before = w.gw.upstream.requests();
+    w.gw.restart();
+    ok(
+        &w.gw.cli(&["approvals", "approve", &id], ""),
+        "approve after restart",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let s = w.gw.get(status_path, &[("Authorization", &auth)]);
+        if s.status != 202 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never sent: {}", s.text());
+        sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.header("x-ztag-approval"), Some(id.as_str()));
+    let echoed = done.json();
+    assert_eq!(echoed["path"], "/approve-async/report");
+    assert_eq!(echoed["headers"]["x-ztag-subject"], json!(["alice"]));
+    assert!(echoed["headers"].get("authorization").is_none(), "{echoed}");
+    assert_eq!(w.gw.upstream.requests(), before + 1);
+
+    // Every decision is audited.
+    let a = ok(
+        &w.gw.cli(
+            &["audit", "--kind", "approval", "--limit", "100", "--json"],
+            "",
+        ),
+        "audit",
+    );
+    let rows: Vec<Value> = serde_json::from_str(&a).unwrap();
+    for d in ["approved", "denied", "expired", "executed", "requested"] {
+        assert!(rows.iter().any(|r| r["decision"] == d), "no {d} in {a}");
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r["detail"].as_str().unwrap_or("").contains("cli:carol"))
+    );
+}
