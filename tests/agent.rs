@@ -24,7 +24,7 @@ use std::{
 use serde_json::{Value, json};
 use ztag_tests::{
     Proc,
-    gateway::{Gateway, MCP_RESOURCE, Options, Reply, free_port},
+    gateway::{Gateway, MCP_FED_RESOURCE, MCP_RESOURCE, Options, Reply, free_port},
     idp::Alg,
     mcp_python,
     oauth::{CibaAnswer, ClientKey, OAuthServer, ZTAG_CLIENT_ID},
@@ -40,15 +40,20 @@ struct McpServer {
 }
 
 impl McpServer {
-    fn start() -> McpServer {
+    fn start(name: &str) -> McpServer {
         let port = free_port();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/server.py");
         let child = Command::new(mcp_python())
             .arg(script)
             .arg(port.to_string())
             .arg(MCP_PATH)
+            .arg(name)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("ZTAG_TEST_MCP_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("starting the MCP server");
         let proc = Proc(Some(child));
@@ -64,13 +69,50 @@ impl McpServer {
 struct World {
     gw: Gateway,
     oauth: OAuthServer,
-    _mcp: McpServer,
+    _mcp: Vec<McpServer>,
 }
 
 fn world(token_ttl: u64) -> World {
+    world_with(token_ttl, false)
+}
+
+/// With `fed`: a second MCP server ("search") and the route `/fed-mcp`
+/// federating both.
+fn world_with(token_ttl: u64, fed: bool) -> World {
     let key = ClientKey::generate();
     let oauth = OAuthServer::start(&key, token_ttl);
-    let mcp = McpServer::start();
+    let mcp = McpServer::start("files");
+    let search = fed.then(|| McpServer::start("search"));
+    let fed_routes = match &search {
+        None => String::new(),
+        Some(s) => format!(
+            r#"
+[[gateway.upstream]]
+name = "mcp-search"
+peers = ["127.0.0.1:{search_port}"]
+
+[[gateway.route]]
+name = "fed-mcp"
+path_prefix = "/fed-mcp"
+upstream = "mcp-files"
+authenticate = ["corp"]
+inspect = "mcp"
+response_filter = "redact"
+[gateway.route.mcp]
+resource = "{MCP_FED_RESOURCE}"
+authorization_servers = ["https://idp.example.com"]
+servers = [
+  {{ name = "files", upstream = "mcp-files", path = "{MCP_PATH}" }},
+  {{ name = "search", upstream = "mcp-search", path = "{MCP_PATH}" }},
+]
+[gateway.route.mcp.tool_check]
+user = "user:{{jwt.sub}}"
+relation = "can_call"
+object = "tool:{{mcp.server}}_{{mcp.tool}}"
+"#,
+            search_port = s.port
+        ),
+    };
     let o = &oauth.base;
     let extra_routes = format!(
         r#"
@@ -142,6 +184,7 @@ authenticate = ["corp"]
 approval = "required"
 approval_mode = "async"
 approval_timeout = "2m"
+{fed_routes}
 "#,
         mcp_port = mcp.port
     );
@@ -193,7 +236,7 @@ poll_interval = "1s"
     World {
         gw,
         oauth,
-        _mcp: mcp,
+        _mcp: [Some(mcp), search].into_iter().flatten().collect(),
     }
 }
 
@@ -214,10 +257,14 @@ fn mcp_token(gw: &Gateway, sub: &str) -> String {
 
 /// Runs the Python MCP client; returns its JSON lines.
 fn mcp_client(gw: &Gateway, token: &str, steps: &[&str]) -> Vec<Value> {
+    mcp_client_at(gw, MCP_PATH, token, steps)
+}
+
+fn mcp_client_at(gw: &Gateway, path: &str, token: &str, steps: &[&str]) -> Vec<Value> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/client.py");
     let out = Command::new(mcp_python())
         .arg(script)
-        .arg(format!("http://127.0.0.1:{}{MCP_PATH}", gw.plain_port))
+        .arg(format!("http://127.0.0.1:{}{path}", gw.plain_port))
         .arg(token)
         .args(steps)
         .output()
@@ -882,4 +929,104 @@ fn approvals_approved_denied_timed_out_and_across_a_restart() {
         rows.iter()
             .any(|r| r["detail"].as_str().unwrap_or("").contains("cli:carol"))
     );
+}
+
+#[test]
+fn mcp_federation_of_two_servers_behind_one_endpoint() {
+    let w = world_with(300, true);
+    let gw = &w.gw;
+    for t in ["files_echo", "files_read_file", "search_echo"] {
+        ok(
+            &gw.fga(&[
+                "tuple",
+                "write",
+                "user:alice",
+                "can_call",
+                &format!("tool:{t}"),
+            ]),
+            "tuple write",
+        );
+    }
+    let token = gw.idp.token(
+        Alg::ES256,
+        &gw.idp.claims("alice", MCP_FED_RESOURCE, "mcp:tools"),
+    );
+    let out = mcp_client_at(
+        gw,
+        "/fed-mcp",
+        &token,
+        &[
+            "list",
+            r#"call:files__echo:{"text":"from files"}"#,
+            r#"call:search__echo:{"text":"from search"}"#,
+            r#"call:search__delete_file:{"path":"/srv/x"}"#,
+            r#"call:files__read_file:{"path":"/srv/a.ini"}"#,
+            r#"call:nowhere__echo:{"text":"x"}"#,
+        ],
+    );
+    assert_eq!(out[0]["server"], "ztag:fed-mcp", "{out:?}");
+    assert_eq!(
+        out[1]["tools"],
+        json!(["files__echo", "files__read_file", "search__echo"]),
+        "{out:?}"
+    );
+    assert_eq!(out[2]["text"], "from files", "{out:?}");
+    assert_eq!(out[3]["text"], "from search", "{out:?}");
+    assert_eq!(out[4]["error"]["code"], -32003, "{out:?}");
+    let file = out[5]["text"].as_str().unwrap();
+    assert!(
+        file.contains("region") && !file.contains("AKIAZ7Q3RT5UV2WXY4AB"),
+        "{file}"
+    );
+    assert!(
+        out[6]["error"]["code"] == -32602 || out[6]["ok"] == false,
+        "{out:?}"
+    );
+
+    // Sessions belong to their subject; GET has no stream here.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let post = |tok: &str, sid: Option<&str>, body: &str| {
+        let auth = format!("Bearer {tok}");
+        let mut h = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", auth.as_str()),
+        ];
+        if let Some(s) = sid {
+            h.push(("Mcp-Session-Id", s));
+        }
+        gw.request("POST", "/fed-mcp", &h, body.as_bytes())
+    };
+    let r = post(&token, None, init);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sid = r.header("mcp-session-id").unwrap().to_string();
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    assert_eq!(post(&token, Some(&sid), ping).status, 200);
+    let bob = gw.idp.token(
+        Alg::ES256,
+        &gw.idp.claims("bob", MCP_FED_RESOURCE, "mcp:tools"),
+    );
+    assert_eq!(post(&bob, Some(&sid), ping).status, 404);
+    let r = post(
+        &token,
+        Some(&sid),
+        r#"{"jsonrpc":"2.0","id":3,"method":"resources/list"}"#,
+    );
+    assert_eq!(r.json()["error"]["code"], -32601);
+    let auth = format!("Bearer {token}");
+    let r = gw.request(
+        "GET",
+        "/fed-mcp",
+        &[("Authorization", &auth), ("Mcp-Session-Id", &sid)],
+        b"",
+    );
+    assert_eq!(r.status, 405);
+    let r = gw.request(
+        "DELETE",
+        "/fed-mcp",
+        &[("Authorization", &auth), ("Mcp-Session-Id", &sid)],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(post(&token, Some(&sid), ping).status, 404);
 }

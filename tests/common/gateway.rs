@@ -74,6 +74,8 @@ type tool
 /// The MCP resource tokens for MCP routes are issued for (also an accepted
 /// audience of the `corp` provider).
 pub const MCP_RESOURCE: &str = "https://api.example.com/agent-mcp";
+/// The resource of the federating MCP route.
+pub const MCP_FED_RESOURCE: &str = "https://api.example.com/fed-mcp";
 
 /// The admin token of the gateway's TCP admin listener.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -439,7 +441,7 @@ public = true
 [[authn.jwt]]
 name = "corp"
 issuer = {issuer}
-audiences = ["{AUDIENCE}", "{MCP_RESOURCE}"]
+audiences = ["{AUDIENCE}", "{MCP_RESOURCE}", "{MCP_FED_RESOURCE}"]
 algorithms = ["RS256", "ES256", "EdDSA"]
 discovery = {issuer}
 ca = {ca_file}

@@ -6,6 +6,10 @@
 //! (`ztag-userspace/benches/fga.rs`), which writes
 //! `target/bench/fga-YYYYMMDD-HHMMSS.md` and prints it.
 //!
+//! `cargo xtask bench mcp [--quick] [-- ARGS...]`: a release build of
+//! `ztag`, then the MCP gateway benchmark (`ztag-userspace/benches/mcp.rs`),
+//! which writes `target/bench/mcp-YYYYMMDD-HHMMSS.md` and prints it.
+//!
 //! `cargo xtask bench proxy [--quick] [-- ARGS...]`: setup, a release build
 //! of `ztag`, then the L7 benchmark (`ztag-userspace/benches/proxy.rs`:
 //! ztag's gateway against HAProxy, Envoy and nginx), which writes
@@ -46,6 +50,11 @@ enum Which {
     /// the gateway with and without inspection on one route each (h2load,
     /// nginx upstream, alternating rounds).
     Inspect(FgaArgs),
+    /// An MCP tools/call through ztag (JWT, per-tool FGA check, inspection
+    /// of arguments and result, audit) against calling the MCP server
+    /// directly: p50/p99 at a fixed moderate rate, alternating rounds.
+    /// Extra args after `--`: `--rate N --connections N --seconds N --rounds N`.
+    Mcp(FgaArgs),
 }
 
 #[derive(Args)]
@@ -94,6 +103,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bench.args(&a.args);
             run_command(&mut bench)
         }
+        Which::Mcp(a) => {
+            build_release()?;
+            header("cargo bench -p ztag-userspace --bench mcp");
+            let mut bench = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "mcp", "--"]);
+            if a.quick {
+                bench.arg("--quick");
+            }
+            bench.args(&a.args);
+            run_command(&mut bench)
+        }
         Which::Fga(fga) => {
             header("setup");
             setup::run()?;
@@ -111,10 +130,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
-fn run_proxy(args: ProxyArgs) -> Result<()> {
-    header("setup");
-    setup::run()?;
-
+/// The release `ztag` the gateway benchmarks run.
+fn build_release() -> Result<()> {
     header("cargo build --release -p ztag-userspace --bin ztag");
     run_command(&mut crate::cargo([
         "build",
@@ -123,7 +140,14 @@ fn run_proxy(args: ProxyArgs) -> Result<()> {
         "ztag-userspace",
         "--bin",
         "ztag",
-    ]))?;
+    ]))
+}
+
+fn run_proxy(args: ProxyArgs) -> Result<()> {
+    header("setup");
+    setup::run()?;
+
+    build_release()?;
 
     header("cargo bench -p ztag-userspace --bench proxy");
     let mut bench = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "proxy", "--"]);

@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz TARGET [--seconds N]`: runs a cargo-fuzz target of
-//! `fuzz/` (cidr, config, path, jwt, h1scan, fga_dsl, fga_api, inspect_detector, inspect_content, inspect_codecs) with the nightly toolchain, installing cargo-fuzz
+//! `fuzz/` (cidr, config, path, jwt, h1scan, fga_dsl, fga_api, inspect_detector, inspect_content, inspect_codecs, agent_mcp) with the nightly toolchain, installing cargo-fuzz
 //! first when it is missing. Crashes land in fuzz/artifacts/TARGET/.
 
 use anyhow::Result;
@@ -9,7 +9,7 @@ use crate::{header, run_command, setup};
 
 #[derive(Args)]
 pub struct FuzzArgs {
-    /// The target: cidr, config, path, jwt, h1scan, fga_dsl, fga_api, inspect_detector, inspect_content or inspect_codecs (see fuzz/Cargo.toml).
+    /// The target: cidr, config, path, jwt, h1scan, fga_dsl, fga_api, inspect_detector, inspect_content, inspect_codecs or agent_mcp (see fuzz/Cargo.toml).
     target: String,
     /// How long to fuzz.
     #[arg(long, default_value_t = 60)]

@@ -200,6 +200,29 @@ pub fn codecs(data: &[u8]) {
     }
 }
 
+/// MCP JSON-RPC as the gateway reads it: classification, the tools/call
+/// target, check captures, tool-rule argument matching, and the vault's
+/// key parser. Refusals must be JSON-RPC errors with a code.
+pub fn mcp(data: &[u8]) {
+    use crate::agent::mcp;
+    match mcp::classify(data) {
+        Err(r) => {
+            assert!(r.body["error"]["code"].is_i64(), "{}", r.body);
+            assert!(r.status == 200 || r.status == 400);
+        }
+        Ok((msg, _)) => {
+            if let Ok((name, args)) = mcp::tool_call(&msg) {
+                assert!(!name.is_empty() && args.is_object());
+                let caps = mcp::captures("s", &name, &args);
+                assert!(caps.len() >= 2);
+            }
+        }
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = crate::agent::vault::parse_key(s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

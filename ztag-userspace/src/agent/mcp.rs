@@ -79,6 +79,28 @@ pub struct RawMcp {
     tool_check: Option<RawCheck>,
     #[serde(default)]
     tool: Vec<RawTool>,
+    #[serde(default)]
+    servers: Vec<RawServer>,
+    tool_separator: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: String,
+    upstream: String,
+    path: String,
+}
+
+/// One MCP server behind a federating route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Its name: the tool-name prefix and `{mcp.server}`.
+    pub name: String,
+    /// Index into the gateway's upstreams.
+    pub upstream: usize,
+    /// Its MCP endpoint path.
+    pub path: String,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -176,6 +198,11 @@ pub struct McpRoute {
     pub tool_check: Option<CheckPolicy>,
     /// Per-tool rules, first match wins.
     pub tools: Vec<ToolRule>,
+    /// Federation: several servers behind this endpoint (empty: the
+    /// route's upstream is the one server, proxied as it is).
+    pub servers: Vec<Server>,
+    /// Between a server's name and its tool's (`files__read`).
+    pub separator: String,
 }
 
 /// Placeholders MCP checks may use besides the usual ones.
@@ -202,8 +229,66 @@ fn regexes(
 
 impl RawMcp {
     /// Checks the table; `route` names the route (default server name).
-    pub fn validate(self, key: &str, route: &str, problems: &mut Vec<String>) -> McpRoute {
+    pub fn validate(
+        self,
+        key: &str,
+        route: &str,
+        upstreams: &[&str],
+        problems: &mut Vec<String>,
+    ) -> McpRoute {
         let key = format!("{key}.mcp");
+        let separator = self.tool_separator.unwrap_or_else(|| "__".into());
+        if separator.is_empty()
+            || !separator
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+        {
+            problems.push(format!(
+                "{key}.tool_separator: {separator:?} must be 1+ of letters, digits, '_', '-', '.', '/'"
+            ));
+        }
+        let mut servers: Vec<Server> = Vec::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let sk = format!("{key}.servers[{i}]");
+            if s.name.is_empty()
+                || s.name.contains(&separator)
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+            {
+                problems.push(format!(
+                    "{sk}.name: {:?} must be letters, digits, '_' or '-', without the separator {separator:?}",
+                    s.name
+                ));
+            }
+            if servers.iter().any(|x| x.name == s.name) {
+                problems.push(format!("{sk}.name: {:?} is used twice", s.name));
+            }
+            let upstream = upstreams
+                .iter()
+                .position(|u| *u == s.upstream)
+                .unwrap_or_else(|| {
+                    problems.push(format!(
+                        "{sk}.upstream: {:?} is not the name of a [[gateway.upstream]]",
+                        s.upstream
+                    ));
+                    0
+                });
+            if !s.path.starts_with('/') {
+                problems.push(format!("{sk}.path: {:?} must start with '/'", s.path));
+            }
+            servers.push(Server {
+                name: s.name.clone(),
+                upstream,
+                path: s.path.clone(),
+            });
+        }
+        if servers.len() == 1 {
+            problems.push(format!(
+                "{key}.servers: federation needs two servers or more (one server: use the route's upstream)"
+            ));
+        }
         let (metadata_path, metadata_url) = match reqwest::Url::parse(&self.resource) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.fragment().is_none() => {
                 let path = u.path().trim_end_matches('/');
@@ -323,6 +408,8 @@ impl RawMcp {
                 .collect(),
             tool_check,
             tools,
+            servers,
+            separator,
         }
     }
 }
@@ -377,6 +464,14 @@ impl McpRoute {
                 self.allowed_origins.contains(&o)
             }
         }
+    }
+
+    /// Federation: the server and the server's own tool name of a
+    /// prefixed tool name.
+    pub fn split_tool<'a>(&self, name: &'a str) -> Option<(&Server, &'a str)> {
+        let (s, t) = name.split_once(self.separator.as_str())?;
+        let server = self.servers.iter().find(|x| x.name == s)?;
+        (!t.is_empty()).then_some((server, t))
     }
 
     /// The rule for `tool`, if any.
@@ -571,7 +666,7 @@ mod tests {
         ))
         .unwrap();
         let mut p = Vec::new();
-        let r = raw.validate("gateway.route[0]", "files", &mut p);
+        let r = raw.validate("gateway.route[0]", "files", &["a", "b"], &mut p);
         (r, p)
     }
 

@@ -760,7 +760,8 @@ impl RawGateway {
                 response_filter_kinds,
             }
             .validate(&key, problems);
-            let mcp = mcp.map(|m| m.validate(&key, &name, problems));
+            let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            let mcp = mcp.map(|m| m.validate(&key, &name, &names, problems));
             if mcp.is_some() && public {
                 problems.push(format!(
                     "{key}.mcp: an MCP route is an OAuth resource server; it cannot be public (set authenticate)"

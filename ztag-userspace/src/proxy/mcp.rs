@@ -33,6 +33,8 @@ pub struct State {
     pub approval: Option<(String, Option<std::time::Duration>)>,
     /// When the request started (tool-call durations).
     pub started: Instant,
+    /// Federation: where the call goes.
+    pub fed: Option<super::mcp_fed::Target>,
 }
 
 /// A JSON answer.
@@ -129,8 +131,17 @@ impl Gateway {
                 format!("tool {tool} is not available through this gateway"),
             ));
         }
+        // Federation: `server__tool`; checks see the server's own names.
+        let (server, tool) = if m.servers.is_empty() {
+            (m.server.as_str(), tool)
+        } else {
+            match m.split_tool(tool) {
+                Some((s, t)) => (s.name.as_str(), t),
+                None => return Err(("tool_unknown", format!("unknown tool {tool}"))),
+            }
+        };
         let empty = json!({});
-        let caps = rules::captures(&m.server, tool, args.unwrap_or(&empty));
+        let caps = rules::captures(server, tool, args.unwrap_or(&empty));
         let path = route.path_prefix.as_str();
         let facts = RequestFacts {
             principal: Some(principal),
@@ -141,7 +152,7 @@ impl Gateway {
         let denied = || {
             (
                 "tool_forbidden",
-                format!("not authorised to call {}/{tool}", m.server),
+                format!("not authorised to call {server}/{tool}"),
             )
         };
         if let Some(c) = &m.tool_check
@@ -210,7 +221,20 @@ impl Gateway {
             tool: None,
             approval: None,
             started,
+            fed: None,
         };
+        if !m.servers.is_empty() {
+            let ctx = inspect::Ctx {
+                route: route.name.clone(),
+                source: conn.peer.ip(),
+                principal: Some(principal.subject.clone()),
+                client_id: principal.client_id.clone(),
+                events: self.events.clone(),
+            };
+            st.fed = self
+                .fed_request(route, m, principal, headers, &msg, &id, &method, ctx)
+                .await?;
+        }
         if method != "tools/call" {
             return Ok(st);
         }
@@ -360,7 +384,7 @@ impl Gateway {
     /// One `tools/list` message: the tools the caller may call, then the
     /// route's response inspection (tool descriptions, content filter).
     #[allow(clippy::too_many_arguments)]
-    async fn judge_tools(
+    pub(super) async fn judge_tools(
         &self,
         ip: std::net::IpAddr,
         route: &RouteConfig,

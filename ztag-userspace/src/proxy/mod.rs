@@ -24,6 +24,7 @@ pub mod h1scan;
 pub mod headers;
 pub mod inspect;
 mod mcp;
+mod mcp_fed;
 mod metrics;
 pub mod normalize;
 pub mod route;
@@ -336,6 +337,7 @@ pub struct Gateway {
     inspector: Arc<crate::inspect::Inspector>,
     events: Option<crate::risk::Events>,
     agent: Option<Arc<crate::agent::Agent>>,
+    fed_sessions: mcp_fed::Sessions,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -590,6 +592,7 @@ impl Gateway {
             inspector,
             events,
             agent,
+            fed_sessions: mcp_fed::sessions(),
             routes,
             pools,
             listeners,
@@ -991,13 +994,33 @@ impl Gateway {
                         .mcp_request(conn, route, m, p, &parts.headers, &bytes)
                         .await
                     {
-                        Ok(st) => mcp_state = Some(st),
+                        Ok(st) => {
+                            have = Some(match &st.fed {
+                                Some(t) => t.body.clone(),
+                                None => bytes,
+                            });
+                            mcp_state = Some(st);
+                        }
                         Err((reason, resp)) => {
-                            rec.reason = Some(reason);
+                            if !reason.is_empty() {
+                                rec.reason = Some(reason);
+                            }
                             return Ok(resp);
                         }
                     }
-                    have = Some(bytes);
+                }
+                // Federation has no server-initiated stream; DELETE ends
+                // the gateway's session and the servers'.
+                Method::GET if !m.servers.is_empty() => {
+                    let mut r = ProxyError::MethodNotAllowed.response();
+                    r.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                    rec.reason = Some(ProxyError::MethodNotAllowed.reason());
+                    return Ok(r);
+                }
+                Method::DELETE if !m.servers.is_empty() => {
+                    let p = principal.as_deref().ok_or(ProxyError::Forbidden)?;
+                    return Ok(self.fed_delete(m, p, &parts.headers).await);
                 }
                 Method::GET | Method::DELETE => {}
                 _ => {
@@ -1079,7 +1102,8 @@ impl Gateway {
         }
 
         // upstream: rebuild the head for the peer.
-        let pool = &self.pools[route.upstream];
+        let fed = mcp_state.as_ref().and_then(|s| s.fed.as_ref());
+        let pool = &self.pools[fed.map(|f| f.upstream).unwrap_or(route.upstream)];
         let trusted = self.is_trusted(conn.peer.ip());
         // The client behind trusted proxies is only logged: found only then.
         if logging {
@@ -1166,9 +1190,35 @@ impl Gateway {
             // Responses the gateway must read come uncompressed.
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
-        let path_and_query = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
+        let path_and_query = match (fed, parts.uri.query()) {
+            (Some(f), _) => {
+                // The server's endpoint, session and own tool name (the
+                // body was rewritten: hyper sets its length).
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove("mcp-session-id");
+                if let Some(v) = f
+                    .session
+                    .as_deref()
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                {
+                    parts.headers.insert("mcp-session-id", v);
+                }
+                if parts.headers.contains_key("mcp-name")
+                    && let Ok(v) = HeaderValue::from_str(&f.tool)
+                {
+                    parts.headers.insert("mcp-name", v);
+                }
+                if let Some(v) = f
+                    .protocol
+                    .as_deref()
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                {
+                    parts.headers.insert("mcp-protocol-version", v);
+                }
+                f.path.clone()
+            }
+            (None, Some(q)) => format!("{path}?{q}"),
+            (None, None) => path.into_owned(),
         };
         if pool.h2 {
             parts.headers.remove(header::HOST);
