@@ -112,6 +112,7 @@ struct RawTool {
     allow_args: Option<BTreeMap<String, String>>,
     approval: Option<String>,
     approval_when_args: Option<BTreeMap<String, String>>,
+    approval_when_score_above: Option<f32>,
     approval_timeout: Option<String>,
 }
 
@@ -128,8 +129,11 @@ pub struct ToolRule {
     pub allow_args: Vec<(String, Regex)>,
     /// The call waits for a human.
     pub approval: bool,
-    /// …only when one of these arguments matches (none: always).
+    /// …only when one of these arguments matches, or (either) when the
+    /// detector scores the arguments at least this (neither: always).
     pub approval_when_args: Vec<(String, Regex)>,
+    /// See `approval_when_args`.
+    pub approval_when_score_above: Option<f32>,
     /// Wait for a decision this long (default `agent.approvals.timeout`).
     pub approval_timeout: Option<Duration>,
 }
@@ -143,14 +147,19 @@ impl ToolRule {
         }
     }
 
-    /// Whether this call needs approval.
-    pub fn needs_approval(&self, args: &Value) -> bool {
-        self.approval
-            && (self.approval_when_args.is_empty()
-                || self
-                    .approval_when_args
-                    .iter()
-                    .any(|(k, re)| arg_text(args, k).is_some_and(|v| re.is_match(&v))))
+    /// Whether this call needs approval; `score` is the prompt-injection
+    /// detector's score of the arguments (asked only when a rule uses it).
+    pub fn needs_approval(&self, args: &Value, score: impl FnOnce() -> f32) -> bool {
+        if !self.approval {
+            return false;
+        }
+        if self.approval_when_args.is_empty() && self.approval_when_score_above.is_none() {
+            return true;
+        }
+        self.approval_when_args
+            .iter()
+            .any(|(k, re)| arg_text(args, k).is_some_and(|v| re.is_match(&v)))
+            || self.approval_when_score_above.is_some_and(|t| score() >= t)
     }
 
     /// The first argument pattern that fails, if any.
@@ -367,6 +376,15 @@ impl RawMcp {
                     "{tk}.approval_when_args: only with approval = \"required\""
                 ));
             }
+            match t.approval_when_score_above {
+                Some(s) if !approval => problems.push(format!(
+                    "{tk}.approval_when_score_above: only with approval = \"required\" (got {s})"
+                )),
+                Some(s) if !(0.0..=1.0).contains(&s) => problems.push(format!(
+                    "{tk}.approval_when_score_above: {s} is not a score between 0 and 1"
+                )),
+                _ => {}
+            }
             let approval_timeout =
                 t.approval_timeout
                     .and_then(|s| match humantime::parse_duration(&s) {
@@ -384,6 +402,7 @@ impl RawMcp {
                 allow_args: regexes(&format!("{tk}.allow_args"), t.allow_args, problems),
                 approval,
                 approval_when_args,
+                approval_when_score_above: t.approval_when_score_above,
                 approval_timeout,
             });
         }
@@ -715,12 +734,19 @@ allow_args = { path = "^/" }
 [[tool]]
 name = "read_file"
 checks = [{ user = "user:{jwt.sub}", relation = "reader", object = "dir:{arg.dir}" }]
+[[tool]]
+name = "send_*"
+approval = "required"
+approval_when_score_above = 0.3
 "#,
         );
         assert!(p.is_empty(), "{p:?}");
+        let s = r.rule("send_mail").unwrap();
+        assert!(s.needs_approval(&json!({}), || 0.31));
+        assert!(!s.needs_approval(&json!({}), || 0.29));
         let d = r.rule("delete_file").unwrap();
-        assert!(d.needs_approval(&json!({"path": "/etc/passwd"})));
-        assert!(!d.needs_approval(&json!({"path": "/tmp/x"})));
+        assert!(d.needs_approval(&json!({"path": "/etc/passwd"}), || 0.0));
+        assert!(!d.needs_approval(&json!({"path": "/tmp/x"}), || 1.0));
         assert_eq!(d.bad_argument(&json!({"path": "relative"})), Some("path"));
         assert_eq!(d.bad_argument(&json!({})), Some("path"));
         assert_eq!(d.bad_argument(&json!({"path": "/x"})), None);
@@ -735,6 +761,7 @@ object = "tool:{mcp.nope}"
 name = "a*b"
 approval = "maybe"
 allow_args = { x = "(" }
+approval_when_score_above = 1.5
 "#,
         );
         let all = p.join("\n");
@@ -743,6 +770,7 @@ allow_args = { x = "(" }
             "tool[0].name",
             "tool[0].approval",
             "tool[0].allow_args.x",
+            "tool[0].approval_when_score_above",
         ] {
             assert!(all.contains(n), "{n}: {all}");
         }

@@ -98,11 +98,11 @@ impl Detector {
 
     /// A text of a few words that no rule matched carries too little
     /// evidence for the classifier alone (its bias decides, and one word
-    /// like "hello" scored 0.57): such a score is capped below the
-    /// threshold. Rules still fire on short texts ("ignore all
+    /// like "hello" scored 0.57): such a score is capped at half the
+    /// threshold (also where it is read as a risk signal below it). Rules still fire on short texts ("ignore all
     /// instructions"); unspaced scripts count by letters.
     fn gate(&self, score: f32, hits: &[Hit], text: &str) -> f32 {
-        if !hits.is_empty() || score < self.model.threshold || enough_text(text) {
+        if !hits.is_empty() || enough_text(text) {
             return score;
         }
         score.min(self.model.threshold * 0.5)

@@ -133,6 +133,14 @@ impl Inspector {
         Ok(d)
     }
 
+    /// The highest detector score of the text an MCP request carries
+    /// (arguments; 0 when none) — a risk signal below the block threshold.
+    pub fn mcp_request_score(&self, msg: &serde_json::Value) -> f32 {
+        let mut segs = Vec::new();
+        codec::mcp_request(msg, &mut segs);
+        segs.iter().map(|s| self.score(&s.text)).fold(0.0, f32::max)
+    }
+
     /// Inspects text coming back from an MCP server (one JSON-RPC message).
     pub fn inspect_mcp_response(
         &self,

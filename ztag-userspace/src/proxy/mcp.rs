@@ -261,9 +261,9 @@ impl Gateway {
             ));
         }
         if let Some(r) = m.rule(&tool)
-            && r.needs_approval(args)
+            && r.needs_approval(args, || self.inspector.mcp_request_score(&msg))
         {
-            let why = if r.approval_when_args.is_empty() {
+            let why = if r.approval_when_args.is_empty() && r.approval_when_score_above.is_none() {
                 format!("tool {tool} requires approval")
             } else {
                 format!("tool {tool} requires approval for these arguments")
