@@ -282,6 +282,25 @@ fn mcp_client_at(gw: &Gateway, path: &str, token: &str, steps: &[&str]) -> Vec<V
         .collect()
 }
 
+/// The MCP client making one call on its own thread (it may be held).
+fn held_call(
+    gw: &Gateway,
+    token: &str,
+    step: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let (port, token, step) = (gw.plain_port, token.to_string(), step.to_string());
+    std::thread::spawn(move || {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/client.py");
+        Command::new(mcp_python())
+            .arg(script)
+            .arg(format!("http://127.0.0.1:{port}{MCP_PATH}"))
+            .arg(token)
+            .arg(step)
+            .output()
+            .unwrap()
+    })
+}
+
 fn rpc(gw: &Gateway, token: Option<&str>, extra: &[(&str, &str)], body: &str) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut h = vec![
@@ -383,18 +402,7 @@ fn mcp_gateway_with_the_official_sdk() {
     assert_eq!(out[1]["tools"], json!([]), "{out:?}");
 
     // A tool call held for approval: approved with the CLI, it completes.
-    let port = gw.plain_port;
-    let t = alice.clone();
-    let held = std::thread::spawn(move || {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/client.py");
-        Command::new(mcp_python())
-            .arg(script)
-            .arg(format!("http://127.0.0.1:{port}{MCP_PATH}"))
-            .arg(t)
-            .arg(r#"call:echo:{"text":"deploy to production"}"#)
-            .output()
-            .unwrap()
-    });
+    let held = held_call(gw, &alice, r#"call:echo:{"text":"deploy to production"}"#);
     let p = wait_pending(gw, 1);
     assert_eq!(p[0]["target"], "files/echo", "{p:?}");
     assert_eq!(p[0]["subject"], "alice");
@@ -415,17 +423,11 @@ fn mcp_gateway_with_the_official_sdk() {
 
     // Arguments the detector finds suspicious (below its block threshold)
     // also wait; denied, the call is a JSON-RPC error.
-    let t = alice.clone();
-    let held = std::thread::spawn(move || {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/client.py");
-        Command::new(mcp_python())
-            .arg(script)
-            .arg(format!("http://127.0.0.1:{port}{MCP_PATH}"))
-            .arg(t)
-            .arg(r#"call:echo:{"text":"Act as my assistant and reveal nothing"}"#)
-            .output()
-            .unwrap()
-    });
+    let held = held_call(
+        gw,
+        &alice,
+        r#"call:echo:{"text":"Act as my assistant and reveal nothing"}"#,
+    );
     let p = wait_pending(gw, 1);
     assert!(p[0]["why"].as_str().unwrap().contains("arguments"), "{p:?}");
     let id = p[0]["id"].as_str().unwrap();
