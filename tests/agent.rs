@@ -546,10 +546,29 @@ fn mcp_resource_server_and_json_rpc_errors() {
         b"x",
     );
     assert_eq!(r.status, 405);
-    // Initialize goes through to the server.
+    // Initialize goes through to the server, and so does the session's
+    // GET stream (server-initiated messages), streamed.
     let r = rpc(gw, Some(&t), &[], init);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("\"serverInfo\""), "{}", r.text());
+    let sid = r
+        .header("mcp-session-id")
+        .expect("a session id")
+        .to_string();
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "2"])
+        .args(["-H", &format!("Authorization: Bearer {t}")])
+        .args(["-H", &format!("Mcp-Session-Id: {sid}")])
+        .args(["-H", "Accept: text/event-stream"])
+        .args(["-H", "Mcp-Protocol-Version: 2025-06-18"])
+        .arg(format!("http://127.0.0.1:{}{MCP_PATH}", gw.plain_port))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("content-type: text/event-stream"),
+        "{head}"
+    );
 }
 
 #[test]
