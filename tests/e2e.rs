@@ -7,4 +7,5 @@ mod fga;
 mod gateway;
 mod inspect;
 mod prog_test_run;
+mod risk_netns;
 mod xdp_netns;

@@ -343,12 +343,24 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a config for `iface` in `mode` and starts the daemon.
     pub fn start(ns: &NetNs, iface: &str, mode: &str, pins: &PinDir, dir: &TempDir) -> Self {
+        Self::start_with(ns, iface, mode, pins, dir, "")
+    }
+
+    /// Same, with more TOML at the end of the config.
+    pub fn start_with(
+        ns: &NetNs,
+        iface: &str,
+        mode: &str,
+        pins: &PinDir,
+        dir: &TempDir,
+        extra: &str,
+    ) -> Self {
         let socket = dir.0.join("admin.sock");
         let config = dir.0.join("ztag.toml");
         std::fs::write(
             &config,
             format!(
-                "[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"{mode}\"\npin_dir = \"{}\"\nsweep_interval = \"200ms\"\nevents_sample_one_in = 1\n\n[state]\ndir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:9477\"\n",
+                "[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"{mode}\"\npin_dir = \"{}\"\nsweep_interval = \"200ms\"\nevents_sample_one_in = 1\n\n[state]\ndir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:9477\"\n{extra}\n",
                 pins.0.display(),
                 dir.0.join("state").display(),
                 socket.display()

@@ -87,6 +87,9 @@ pub enum Command {
     /// Human-in-the-loop approvals: list, show, approve, deny.
     #[command(subcommand)]
     Approvals(agent::ApprovalsCmd),
+    /// The risk engine: the riskiest sources and principals, its decisions.
+    #[command(subcommand)]
+    Risk(RiskCmd),
     /// The audit log: MCP tool calls and approval decisions, newest first.
     Audit {
         /// Only this kind (tool_call, approval).
@@ -115,6 +118,27 @@ pub enum Command {
         /// Detach even though a daemon answers on the admin socket.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// `ztag risk`.
+#[derive(Debug, Subcommand)]
+pub enum RiskCmd {
+    /// The riskiest tracked sources, prefixes and principals, with their
+    /// recent events.
+    Top {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The latest decisions (rate limits, blocks) with their reasons.
+    Decisions {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -247,6 +271,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Vault(cmd) => agent::vault(&client, cmd).await,
         Command::Approvals(cmd) => agent::approvals(&client, cmd).await,
         Command::Audit { kind, limit, json } => agent::audit(&client, kind, limit, json).await,
+        Command::Risk(cmd) => risk_cmd(&client, cmd).await,
         Command::Stats { json } => {
             need_root("ztag stats", &cli.socket)?;
             let rows: Vec<StatRow> = client.get("/v1/stats").await?;
@@ -376,19 +401,25 @@ async fn list_cmd(client: &AdminClient, kind: &str, cmd: ListCmd) -> Result<()> 
         }
         ListCmd::List { json } => {
             need_root(&format!("ztag {kind} list"), client.socket())?;
-            let rows: Vec<EntryView> = client.get(&format!("/v1/lists/{kind}")).await?;
+            let mut rows: Vec<EntryView> = client.get(&format!("/v1/lists/{kind}")).await?;
+            // The blocklist shows the risk engine's dynamic blocks too.
+            if kind == "block" {
+                let dynamic: Vec<EntryView> = client.get("/v1/lists/dynamic").await?;
+                rows.extend(dynamic);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<43} {:<14} REASON", "CIDR", "EXPIRES IN");
+                println!("{:<43} {:<8} {:<14} REASON", "CIDR", "KIND", "EXPIRES IN");
                 for r in rows {
                     let exp = match r.ttl_secs {
                         Some(t) => humantime::format_duration(Duration::from_secs(t)).to_string(),
                         None => "never".into(),
                     };
                     println!(
-                        "{:<43} {:<14} {}",
+                        "{:<43} {:<8} {:<14} {}",
                         r.cidr,
+                        r.kind.as_str(),
                         exp,
                         r.reason.unwrap_or_default()
                     );
@@ -425,6 +456,83 @@ async fn list_cmd(client: &AdminClient, kind: &str, cmd: ListCmd) -> Result<()> 
                 "{kind}: imported {} entries in {} ms",
                 r.imported, r.elapsed_ms
             );
+        }
+    }
+    Ok(())
+}
+
+async fn risk_cmd(client: &AdminClient, cmd: RiskCmd) -> Result<()> {
+    match cmd {
+        RiskCmd::Top { limit, json } => {
+            let rows: Vec<serde_json::Value> =
+                client.get(&format!("/v1/risk/top?limit={limit}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<44} {:>8} {:<8} {:<10} EVENTS",
+                "KEY", "SCORE", "LIMITED", "BLOCKED"
+            );
+            for r in rows {
+                let key = format!(
+                    "{} {}",
+                    r["key"]["type"].as_str().unwrap_or("?"),
+                    r["key"]["id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| r["key"]["id"].to_string())
+                );
+                let events: Vec<String> = r["events"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| format!("{}×{}", e[0].as_str().unwrap_or("?"), e[1]))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<44} {:>8.1} {:<8} {:<10} {}",
+                    key,
+                    r["score"].as_f64().unwrap_or(0.0),
+                    if r["limited"] == true { "yes" } else { "no" },
+                    if r["blocked_until_ms"].is_null() {
+                        "no"
+                    } else {
+                        "yes"
+                    },
+                    events.join(", ")
+                );
+            }
+        }
+        RiskCmd::Decisions { json } => {
+            let rows: Vec<serde_json::Value> = client.get("/v1/risk/decisions").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            for r in rows {
+                println!(
+                    "{} {:<24} {} {} score {:.1} {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + Duration::from_millis(
+                                r["time_ms"].as_i64().unwrap_or(0).max(0) as u64
+                            )
+                    ),
+                    r["action"].as_str().unwrap_or("?"),
+                    r["key"]["type"].as_str().unwrap_or("?"),
+                    r["key"]["id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| r["key"]["id"].to_string()),
+                    r["score"].as_f64().unwrap_or(0.0),
+                    r["ttl_s"]
+                        .as_u64()
+                        .map(|t| format!("for {t} s"))
+                        .unwrap_or_default()
+                );
+            }
         }
     }
     Ok(())

@@ -76,6 +76,8 @@ pub struct Config {
     pub inspect: crate::inspect::InspectConfig,
     /// AI agents: vault, connections, approvals.
     pub agent: crate::agent::AgentConfig,
+    /// The risk engine's score model.
+    pub risk: crate::risk::config::RiskConfig,
     /// Directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
 }
@@ -155,6 +157,8 @@ struct RawConfig {
     inspect: crate::inspect::config::RawInspect,
     #[serde(default)]
     agent: crate::agent::RawAgent,
+    #[serde(default)]
+    risk: crate::risk::config::RawRisk,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -264,6 +268,7 @@ impl Config {
             authz,
             inspect,
             agent,
+            risk,
         } = raw;
 
         let RawXdp {
@@ -392,6 +397,7 @@ impl Config {
         let inspect = inspect.validate(base, &mut problems);
         let gateway = gateway.validate(base, &authn.provider_names(), &mut problems);
         let agent = agent.validate(base, &mut problems);
+        let risk = risk.validate(&mut problems);
         for (i, r) in gateway.routes.iter().enumerate() {
             if let Some(c) = &r.credential
                 && agent.connection(c).is_none()
@@ -431,6 +437,7 @@ impl Config {
             authz,
             inspect,
             agent,
+            risk,
             base_dir: base.to_path_buf(),
         })
     }

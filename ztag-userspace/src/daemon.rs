@@ -266,13 +266,55 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         metrics.registry(),
     )
     .map_err(|e| StartError(vec![format!("{e:#}")]))?;
+    let (risk, block_orders) = if config.risk.enabled {
+        let mut rc = config.risk.clone();
+        rc.exempt
+            .extend(config.gateway.trusted_proxies.iter().copied());
+        let (e, rx) = crate::risk::engine::Engine::new(rc, metrics.registry())
+            .map_err(|e| StartError(vec![format!("registering risk metrics: {e}")]))?;
+        (Some(e), Some(rx))
+    } else {
+        (None, None)
+    };
+    if let Some(r) = &risk {
+        // Detections of the inspection phases, from the event bus.
+        let mut sub = risk_events.subscribe();
+        let r = r.clone();
+        tokio::spawn(async move {
+            use crate::risk::{EventKind, engine::Kind};
+            loop {
+                match sub.recv().await {
+                    Ok(ev) => {
+                        let k = match ev.kind {
+                            EventKind::PromptInjection => Kind::PromptInjection,
+                            EventKind::IndirectInjection => Kind::IndirectInjection,
+                            EventKind::ContentLeak => Kind::ContentLeak,
+                        };
+                        r.observe(
+                            ev.source,
+                            ev.principal.as_deref(),
+                            ev.client_id.as_deref(),
+                            k,
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(lost = n, "risk engine fell behind the event bus");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     let gateway = Gateway::new(
         &config.gateway,
-        authn,
-        decider,
-        inspector,
-        Some(risk_events),
-        Some(agent.clone()),
+        crate::proxy::Deps {
+            authn,
+            authz: decider,
+            inspector,
+            events: Some(risk_events),
+            agent: Some(agent.clone()),
+            risk: risk.clone(),
+        },
         metrics.registry(),
     )?;
     let bound = gateway.bind()?;
@@ -290,7 +332,11 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         interfaces,
         authz,
         agent: Some(agent.clone()),
+        risk: risk.clone(),
     });
+    if let (Some(r), Some(rx)) = (&risk, block_orders) {
+        start_risk_blocks(r.clone(), rx, shared.clone());
+    }
     gateway.serve(bound);
     tokio::spawn(agent.approvals.clone().run());
     tokio::spawn(gateway.clone().run_approved(approved));
@@ -383,6 +429,65 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     Ok(())
 }
 
+/// The risk engine's blocks go into the XDP dynamic map (with the
+/// enforcer); the engine's copy of the allowlist is refreshed every 2 s.
+fn start_risk_blocks(
+    risk: Arc<crate::risk::engine::Engine>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::risk::engine::BlockOrder>,
+    shared: Arc<Shared>,
+) {
+    use crate::{state::ListKind, xdp::lists::AddSpec};
+    let s = shared.clone();
+    let apply = move |o: crate::risk::engine::BlockOrder| -> Result<(), String> {
+        let Some(e) = &s.enforcer else {
+            return Err("the kernel plane is off (xdp.enabled = false): rate-limited only".into());
+        };
+        let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
+        // Never an allowlisted source, whatever the engine's copy says.
+        let allowed = e
+            .list(Some(ListKind::Allow))
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|x| x.cidr.parse::<ipnet::IpNet>().ok())
+            .any(|n| n.contains(&o.source));
+        if allowed {
+            return Err(format!("{} is allowlisted: not blocked", o.source));
+        }
+        e.add(
+            ListKind::Dynamic,
+            &o.source.to_string(),
+            &AddSpec {
+                ttl: Some(o.ttl),
+                reason: Some(o.reason),
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    tokio::spawn(crate::risk::engine::apply_blocks(rx, apply));
+    if shared.enforcer.is_some() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let s = shared.clone();
+                let nets = tokio::task::spawn_blocking(move || match &s.enforcer {
+                    Some(e) => e
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .list(Some(ListKind::Allow))
+                        .map(|v| v.iter().filter_map(|x| x.cidr.parse().ok()).collect())
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                })
+                .await
+                .unwrap_or_default();
+                risk.set_allowlist(nets);
+            }
+        });
+    }
+}
+
 /// Forwards the program's aya-log lines to the daemon's log (they arrive
 /// through the `log` crate, which tracing-subscriber picks up).
 async fn forward_program_logs(
@@ -456,6 +561,9 @@ async fn read_events(
                 time_ms: now - (boot.saturating_sub(ev.time_ns) / 1_000_000) as i64,
             };
             debug!(source = %view.source, interface = %view.interface, reason = %view.reason, "drop");
+            if let (Some(r), Some(ip)) = (&shared.risk, addr_from_event(ev.family, ev.addr)) {
+                r.observe(ip, None, None, crate::risk::engine::Kind::XdpDrop);
+            }
             if recent.len() == RECENT_EVENTS {
                 recent.pop_front();
             }

@@ -61,6 +61,8 @@ pub struct Shared {
     pub authz: Option<Arc<crate::authz::service::Authz>>,
     /// Vault, approvals and audit (`/v1/vault`, `/v1/approvals`, `/v1/audit`).
     pub agent: Option<Arc<crate::agent::Agent>>,
+    /// The risk engine (`/v1/risk/top`, `/v1/risk/decisions`).
+    pub risk: Option<Arc<crate::risk::engine::Engine>>,
 }
 
 /// One counter row of `GET /v1/stats`.
@@ -428,6 +430,25 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
                 ),
             }
         }
+        (Method::GET, ["v1", "risk", "top"]) => match &shared.risk {
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the risk engine is off ([risk] enabled = false)",
+            ),
+            Some(r) => {
+                let limit = query_param(&req, "limit")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(20);
+                json(StatusCode::OK, &r.top(limit))
+            }
+        },
+        (Method::GET, ["v1", "risk", "decisions"]) => match &shared.risk {
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the risk engine is off ([risk] enabled = false)",
+            ),
+            Some(r) => json(StatusCode::OK, &r.decisions()),
+        },
         (Method::GET, ["v1", "stats"]) => match stats(&shared) {
             Ok(rows) => json(StatusCode::OK, &rows),
             Err(e) => list_error(e),

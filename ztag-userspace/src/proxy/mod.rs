@@ -162,6 +162,9 @@ pub enum ProxyError {
     /// Nobody decided in time.
     #[error("approval timed out")]
     ApprovalExpired,
+    /// The risk engine rate-limits this source or principal.
+    #[error("rate limited")]
+    RateLimited(Duration),
     /// No upstream credential for the caller (a label of
     /// [`crate::agent::exchange::CredError::reason`]).
     #[error("upstream credential: {0}")]
@@ -191,6 +194,7 @@ impl ProxyError {
             }
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ApprovalDenied | ProxyError::ApprovalExpired => StatusCode::FORBIDDEN,
             ProxyError::Credential("credential_unavailable") => StatusCode::BAD_GATEWAY,
             ProxyError::Credential(_) => StatusCode::FORBIDDEN,
@@ -219,6 +223,7 @@ impl ProxyError {
             ProxyError::ResponseUninspectable => "response_uninspectable",
             ProxyError::Internal => "internal",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::ApprovalDenied => "approval_denied",
             ProxyError::ApprovalExpired => "approval_expired",
             ProxyError::Credential(r) => r,
@@ -241,6 +246,7 @@ impl ProxyError {
             ProxyError::ResponseBlocked | ProxyError::ResponseUninspectable => "bad_gateway",
             ProxyError::Internal => "internal_error",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::RateLimited(_) => "too_many_requests",
             ProxyError::ApprovalDenied | ProxyError::ApprovalExpired => "forbidden",
             ProxyError::Credential("credential_unavailable") => "bad_gateway",
             ProxyError::Credential(_) => "forbidden",
@@ -278,6 +284,9 @@ impl ProxyError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let ProxyError::Authn(e) = self {
             h.insert(header::WWW_AUTHENTICATE, e.www_authenticate());
+        }
+        if let ProxyError::RateLimited(d) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
         }
         // After a framing error the connection's byte stream cannot be
         // trusted: close it.
@@ -338,6 +347,7 @@ pub struct Gateway {
     events: Option<crate::risk::Events>,
     agent: Option<Arc<crate::agent::Agent>>,
     fed_sessions: mcp_fed::Sessions,
+    risk: Option<Arc<crate::risk::engine::Engine>>,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -440,6 +450,22 @@ struct Record {
     client: Option<IpAddr>,
 }
 
+/// What the gateway's phases call on.
+pub struct Deps {
+    /// Authentication providers.
+    pub authn: Arc<Authn>,
+    /// The FGA engine route policies ask.
+    pub authz: Option<Arc<crate::authz::remote::Decider>>,
+    /// Body inspection.
+    pub inspector: Arc<crate::inspect::Inspector>,
+    /// Where detections go.
+    pub events: Option<crate::risk::Events>,
+    /// Vault, approvals, audit.
+    pub agent: Option<Arc<crate::agent::Agent>>,
+    /// The risk engine.
+    pub risk: Option<Arc<crate::risk::engine::Engine>>,
+}
+
 /// Holds one connection slot (total and per source) until dropped.
 struct Slot {
     gw: Arc<Gateway>,
@@ -462,13 +488,17 @@ impl Gateway {
     /// Builds the runtime gateway: certificates, upstream clients, metrics.
     pub fn new(
         cfg: &GatewayConfig,
-        authn: Arc<Authn>,
-        authz: Option<Arc<crate::authz::remote::Decider>>,
-        inspector: Arc<crate::inspect::Inspector>,
-        events: Option<crate::risk::Events>,
-        agent: Option<Arc<crate::agent::Agent>>,
+        deps: Deps,
         registry: &prometheus::Registry,
     ) -> Result<Arc<Gateway>, StartError> {
+        let Deps {
+            authn,
+            authz,
+            inspector,
+            events,
+            agent,
+            risk,
+        } = deps;
         let mut problems = Vec::new();
         if authz.is_none()
             && let Some(r) = cfg.routes.iter().find(|r| {
@@ -593,6 +623,7 @@ impl Gateway {
             events,
             agent,
             fed_sessions: mcp_fed::sessions(),
+            risk,
             routes,
             pools,
             listeners,
@@ -826,6 +857,9 @@ impl Gateway {
                         // Slowloris: a request head that does not finish.
                         // No graceful close: the peer is not reading.
                         self.metrics.denied("header_read_timeout");
+                        if let Some(r) = &self.risk {
+                            r.observe(conn.peer.ip(), None, None, crate::risk::engine::Kind::SlowRequest);
+                        }
                         debug!(peer = %conn.peer, "request head not complete within header_read_timeout");
                         return;
                     }
@@ -910,6 +944,12 @@ impl Gateway {
         if logging {
             rec.path = Some(path.to_string());
         }
+        // The risk engine's rate limit on the source (and its prefix).
+        if let Some(r) = &self.risk
+            && let Some(wait) = r.limited(conn.peer.ip(), None)
+        {
+            return Err(ProxyError::RateLimited(wait));
+        }
         if path.starts_with("/.well-known/oauth-protected-resource")
             && let Some(r) = self.protected_resource_metadata(&path, &parts.method)
         {
@@ -936,6 +976,11 @@ impl Gateway {
                 .await?;
             rec.principal = Some(p.clone());
             authn::check_requirements(&p, &route.require_scopes, &route.require_claims)?;
+            if let Some(r) = &self.risk
+                && let Some(wait) = r.limited(conn.peer.ip(), Some(&p.subject))
+            {
+                return Err(ProxyError::RateLimited(wait));
+            }
             if let Some(m) = &route.mcp
                 && !m.audience_ok(&p.claims)
             {
@@ -1517,6 +1562,38 @@ impl Gateway {
         let listener = self.listeners[conn.listener].cfg.name.as_str();
         self.metrics
             .request(listener, route, status, elapsed, rec.reason);
+        if let Some(r) = &self.risk {
+            use crate::risk::engine::Kind;
+            let p = rec.principal.as_deref();
+            let (subject, client) = (
+                p.map(|p| p.subject.as_str()),
+                p.and_then(|p| p.client_id.as_deref()),
+            );
+            let ip = conn.peer.ip();
+            r.observe(ip, subject, client, Kind::Request);
+            let kind = match (status.as_u16(), rec.reason) {
+                (429, Some("rate_limited")) => Some(Kind::Throttled),
+                (429, _) => None,
+                (401, _) => Some(Kind::AuthnFailure),
+                (
+                    403,
+                    Some(
+                        "authz_denied"
+                        | "tool_forbidden"
+                        | "tool_argument_forbidden"
+                        | "tool_denied",
+                    ),
+                ) => Some(Kind::AuthzDenied),
+                (403, Some("insufficient_scope")) => Some(Kind::AuthzDenied),
+                (404, _) => Some(Kind::NotFound),
+                (400..=499, _) => Some(Kind::ClientError),
+                (500..=599, _) => Some(Kind::ServerError),
+                _ => None,
+            };
+            if let Some(k) = kind {
+                r.observe(ip, subject, client, k);
+            }
+        }
         if !self.log.enabled() {
             return;
         }

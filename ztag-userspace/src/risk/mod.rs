@@ -4,6 +4,9 @@
 //! a subscriber that falls behind loses the oldest events, and the loss is
 //! counted.
 
+pub mod config;
+pub mod engine;
+
 use std::net::IpAddr;
 
 use prometheus::{IntCounterVec, Opts, Registry};

@@ -1,0 +1,223 @@
+//! The risk engine end to end, in network namespaces: the real `ztag run`
+//! with its XDP program on the server's veth and its gateway listening
+//! there; clients in the other namespace brute-force tokens from their own
+//! addresses. Each gets 401s, then 429s, then its packets are dropped by
+//! XDP (a dynamic entry in `ztag block list` with the reasons), and it is
+//! served again after the TTL. An allowlisted source doing the same is
+//! never dropped. The time from the block decision to the first
+//! unanswered connection is measured for 12 sources.
+
+use std::{process::Command, thread::sleep, time::Duration};
+
+use serde_json::Value;
+use ztag_tests::{
+    Daemon, PinDir, TempDir, Topology,
+    idp::{Alg, SigningKey, jwks},
+    privileged,
+};
+
+/// One client run: requests with a bad token from `src` until one goes
+/// unanswered (or `max` are sent). Each line: [sent, answered, status]
+/// (wall-clock seconds; status 0 = no answer within 500 ms).
+const CLIENT: &str = r#"
+import json, socket, sys, time
+src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out = []
+for i in range(n):
+    t0 = time.time()
+    s = socket.socket()
+    s.settimeout(0.5)
+    s.bind((src, 0))
+    try:
+        s.connect((dst, port))
+        s.sendall(b"GET /api/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer not-a-token\r\nConnection: close\r\n\r\n")
+        data = s.recv(64)
+        out.append([t0, time.time(), int(data.split()[1])])
+    except OSError:
+        out.append([t0, time.time(), 0])
+        break
+    finally:
+        s.close()
+print(json.dumps(out))
+"#;
+
+fn run_client(topo: &Topology, host: u8, max: usize) -> Vec<(f64, f64, u16)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.cli.name, "python3", "-c", CLIENT])
+        .arg(topo.addr(host))
+        .arg(topo.addr(1))
+        .arg("8443")
+        .arg(max.to_string())
+        .output()
+        .expect("running the client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.iter()
+        .map(|r| {
+            (
+                r[0].as_f64().unwrap(),
+                r[1].as_f64().unwrap(),
+                r[2].as_u64().unwrap() as u16,
+            )
+        })
+        .collect()
+}
+
+/// Seconds since the epoch of the daemon's "risk decision" line blocking
+/// `addr` (tracing's RFC 3339 timestamp, UTC).
+fn decision_time(log: &str, addr: &str) -> Option<f64> {
+    let line = log.lines().find(|l| {
+        l.contains("risk decision")
+            && l.contains("action=\"block\"")
+            && l.contains(&format!("source {addr} "))
+    })?;
+    let ts = line.split_whitespace().next()?;
+    let out = Command::new("date")
+        .args(["-u", "-d", ts, "+%s.%N"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn add_addresses(topo: &Topology, hosts: std::ops::Range<u8>) {
+    let dev = String::from_utf8(
+        topo.cli
+            .exec(&["ip", "-o", "link", "show", "type", "veth"])
+            .stdout,
+    )
+    .unwrap();
+    let dev = dev
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    for h in hosts {
+        topo.cli.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", topo.addr(h)),
+            "dev",
+            &dev,
+        ]);
+    }
+}
+
+#[test]
+fn brute_force_is_limited_then_dropped_by_xdp_and_released_after_the_ttl() {
+    if !privileged("brute_force_is_limited_then_dropped_by_xdp_and_released_after_the_ttl") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = TempDir::new();
+    let topo = Topology::new();
+    let key = SigningKey::generate(Alg::ES256, "k1");
+    std::fs::write(dir.0.join("jwks.json"), jwks(&[&key]).to_string()).unwrap();
+    let extra = format!(
+        r#"
+[risk]
+rate_limit_score = 5.0
+block_score = 10.0
+limited_rate = 0.5
+limited_burst = 2.0
+block_ttl = "3s"
+
+[gateway]
+access_log = "off"
+[[gateway.listener]]
+name = "plain"
+bind = "{srv}:8443"
+[[gateway.upstream]]
+name = "web"
+peers = ["{srv}:8080"]
+[[gateway.route]]
+name = "api"
+path_prefix = "/"
+upstream = "web"
+authenticate = ["corp"]
+[[authn.jwt]]
+name = "corp"
+issuer = "https://idp.test"
+audiences = ["https://api.test"]
+algorithms = ["ES256"]
+jwks_file = "{jwks}"
+"#,
+        srv = topo.addr(1),
+        jwks = dir.0.join("jwks.json").display()
+    );
+    let d = Daemon::start_with(&topo.srv, &topo.srv_if, "skb", &pins, &dir, &extra);
+
+    // One source, step by step: 401s, then 429s, then dropped.
+    let run = run_client(&topo, 2, 100);
+    let statuses: Vec<u16> = run.iter().map(|r| r.2).collect();
+    let first_429 = statuses.iter().position(|s| *s == 429).expect("no 429");
+    assert!(first_429 >= 5, "{statuses:?}");
+    assert!(
+        statuses[..first_429].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
+    assert_eq!(*statuses.last().unwrap(), 0, "never dropped: {statuses:?}");
+    assert!(statuses.len() < 40, "{statuses:?}");
+    let list = d.ok(&["block", "list", "--json"]);
+    let entries: Vec<Value> = serde_json::from_str(&list).unwrap();
+    let e = entries
+        .iter()
+        .find(|e| {
+            e["cidr"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&topo.addr(2)))
+        })
+        .unwrap_or_else(|| panic!("no dynamic entry: {list}"));
+    assert_eq!(e["kind"], "dynamic");
+    let reason = e["reason"].as_str().unwrap();
+    assert!(reason.contains("authn_failure"), "{reason}");
+    // Another source is served meanwhile.
+    assert_eq!(run_client(&topo, 3, 1)[0].2, 401);
+    // The TTL ends the block.
+    sleep(Duration::from_secs(4));
+    assert_eq!(
+        run_client(&topo, 2, 1)[0].2,
+        401,
+        "not released after the TTL"
+    );
+
+    // An allowlisted source doing the same is limited but never dropped.
+    d.ok(&["allow", "add", &topo.addr(3)]);
+    sleep(Duration::from_millis(2500));
+    let run = run_client(&topo, 3, 60);
+    assert!(
+        run.iter().all(|r| r.2 != 0),
+        "allowlisted source dropped: {run:?}"
+    );
+    assert!(run.iter().any(|r| r.2 == 429));
+
+    // Detection to drop, 12 sources: from the block decision to the first
+    // connection that goes unanswered.
+    add_addresses(&topo, 10..22);
+    let mut lat = Vec::new();
+    for h in 10..22u8 {
+        let run = run_client(&topo, h, 100);
+        assert_eq!(run.last().unwrap().2, 0, "{h}: never dropped");
+        let log = d.log_text();
+        let t =
+            decision_time(&log, &topo.addr(h)).unwrap_or_else(|| panic!("no decision for .{h}"));
+        let first_drop = run.last().unwrap().0;
+        lat.push(((first_drop - t) * 1000.0).max(0.0));
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    eprintln!("detection to drop (ms), 12 sources: {lat:?}");
+    assert!(
+        *lat.last().unwrap() < 50.0,
+        "detection to drop over 50 ms: {lat:?}"
+    );
+    let top = d.ok(&["risk", "top", "--json"]);
+    assert!(top.contains(&topo.addr(10)), "{top}");
+}

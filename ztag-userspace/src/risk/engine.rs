@@ -1,0 +1,876 @@
+//! The risk engine: every phase's events scored per source (address and
+//! its /24 or /64), per subject and per client id, in bounded memory; the
+//! decisions (rate-limit, block in the XDP dynamic map) taken the moment a
+//! score crosses a threshold.
+//!
+//! ## Score model
+//! Each event kind has a weight (`[risk.weights]`). A key's score is the sum
+//! of the weights of its events, each decaying exponentially with
+//! `half_life`: `score(t) = Σ wᵢ · 2^(-(t - tᵢ)/half_life)`. Requests carry
+//! no weight of their own, but a source sending more than
+//! `rate_baseline × rate_anomaly_factor` requests per second earns the
+//! `rate_anomaly` weight for each request over that rate (the anomaly term:
+//! its rate is measured over the sketch's window against the baseline).
+//!
+//! At `rate_limit_score` a key is rate-limited (a token bucket of
+//! `limited_rate`/s, burst `limited_burst`: 429 with Retry-After); a prefix
+//! at `prefix_limit_score`. At `block_score` a source address is put in the
+//! XDP dynamic map for `block_ttl`, doubled for each repeat (up to
+//! `max_block_ttl`). Allowlisted sources are never blocked.
+//!
+//! ## Bounded memory
+//! Every event first goes into a count-min sketch with conservative update
+//! (4 rows × 262,144 counters per window, two windows of `half_life` each:
+//! 8 MiB, whatever the number of sources). A key enters the exact table (at
+//! most `table_size` keys, TinyLFU admission and LRU eviction) only once its
+//! sketch estimate reaches `admit_score`; a flood of spoofed one-off sources
+//! mostly touches counters. What a key carries into the table from the
+//! sketch is capped at `admit_score` (sketch estimates only overcount), so
+//! decisions rest on exactly counted events.
+
+use std::{
+    collections::VecDeque,
+    hash::{BuildHasher, Hash},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::config::RiskConfig;
+
+/// Event kinds the engine scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(usize)]
+pub enum Kind {
+    /// A request (no weight; counted for the rate anomaly).
+    Request,
+    /// Authentication failed (any reason).
+    AuthnFailure,
+    /// An authorisation check denied.
+    AuthzDenied,
+    /// Prompt injection in a request.
+    PromptInjection,
+    /// Injection in what an MCP server returned.
+    IndirectInjection,
+    /// PII or a secret in a response.
+    ContentLeak,
+    /// A 404 (path scanning).
+    NotFound,
+    /// Another 4xx answer.
+    ClientError,
+    /// A 5xx answer.
+    ServerError,
+    /// A connection that sent its head too slowly (slowloris) or broke off.
+    SlowRequest,
+    /// A request over the anomalous rate.
+    RateAnomaly,
+    /// A packet the XDP program dropped (sampled).
+    XdpDrop,
+    /// A request refused (429) because its source or principal is
+    /// rate-limited: going on regardless is itself a signal.
+    Throttled,
+}
+
+impl Kind {
+    /// How many kinds.
+    pub const COUNT: usize = 13;
+    /// All kinds, in index order.
+    pub const ALL: [Kind; Kind::COUNT] = [
+        Kind::Request,
+        Kind::AuthnFailure,
+        Kind::AuthzDenied,
+        Kind::PromptInjection,
+        Kind::IndirectInjection,
+        Kind::ContentLeak,
+        Kind::NotFound,
+        Kind::ClientError,
+        Kind::ServerError,
+        Kind::SlowRequest,
+        Kind::RateAnomaly,
+        Kind::XdpDrop,
+        Kind::Throttled,
+    ];
+
+    /// Name in config, metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::AuthnFailure => "authn_failure",
+            Kind::AuthzDenied => "authz_denied",
+            Kind::PromptInjection => "prompt_injection",
+            Kind::IndirectInjection => "indirect_injection",
+            Kind::ContentLeak => "content_leak",
+            Kind::NotFound => "not_found",
+            Kind::ClientError => "client_error",
+            Kind::ServerError => "server_error",
+            Kind::SlowRequest => "slow_request",
+            Kind::RateAnomaly => "rate_anomaly",
+            Kind::XdpDrop => "xdp_drop",
+            Kind::Throttled => "throttled",
+        }
+    }
+
+    /// Parses [`Kind::as_str`].
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The weight when `[risk.weights]` says nothing.
+    pub fn default_weight(self) -> f32 {
+        match self {
+            Kind::Request | Kind::ServerError | Kind::XdpDrop => 0.0,
+            Kind::AuthnFailure | Kind::AuthzDenied => 1.0,
+            Kind::PromptInjection => 5.0,
+            Kind::IndirectInjection => 1.0,
+            Kind::ContentLeak => 0.5,
+            Kind::NotFound => 0.5,
+            Kind::ClientError => 0.1,
+            Kind::SlowRequest => 2.0,
+            Kind::RateAnomaly => 0.05,
+            Kind::Throttled => 0.5,
+        }
+    }
+}
+
+/// What is scored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+pub enum Key {
+    /// A source address.
+    Source(IpAddr),
+    /// Its /24 or /64.
+    Prefix(IpNet),
+    /// An authenticated subject.
+    Subject(Arc<str>),
+    /// An OAuth client id.
+    Client(Arc<str>),
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Source(a) => write!(f, "source {a}"),
+            Key::Prefix(p) => write!(f, "prefix {p}"),
+            Key::Subject(s) => write!(f, "subject {s}"),
+            Key::Client(c) => write!(f, "client {c}"),
+        }
+    }
+}
+
+/// The /24 (IPv4) or /64 (IPv6) around `ip`.
+pub fn prefix_of(ip: IpAddr) -> IpNet {
+    let len = if ip.is_ipv4() { 24 } else { 64 };
+    IpNet::new(ip, len)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+const ROWS: usize = 4;
+const WIDTH: usize = 1 << 18;
+/// Sketch counters are fixed point: 1/16 of a weight unit.
+const SCALE: f32 = 16.0;
+
+/// A count-min sketch over two rotating windows.
+struct Sketch {
+    cells: [Box<[AtomicU32]>; 2],
+    /// The window number the cells of `epoch % 2` hold.
+    epoch: [AtomicU64; 2],
+    window_ms: u64,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Sketch {
+    fn new(window: Duration) -> Sketch {
+        let cells = || (0..ROWS * WIDTH).map(|_| AtomicU32::new(0)).collect();
+        Sketch {
+            cells: [cells(), cells()],
+            epoch: [AtomicU64::new(0), AtomicU64::new(1)],
+            window_ms: window.as_millis().max(1) as u64,
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn slots(&self, key: &impl Hash) -> [usize; ROWS] {
+        let h = self.hasher.hash_one(key);
+        let (a, b) = (h as u32 as usize, ((h >> 32) as usize) | 1);
+        std::array::from_fn(|r| r * WIDTH + (a.wrapping_add(r.wrapping_mul(b)) & (WIDTH - 1)))
+    }
+
+    /// The half for window `w`, cleared first if it held an older window.
+    fn half(&self, w: u64) -> &[AtomicU32] {
+        let i = (w % 2) as usize;
+        let held = self.epoch[i].load(Ordering::Acquire);
+        if held != w
+            && held < w
+            && self.epoch[i]
+                .compare_exchange(held, w, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            for c in self.cells[i].iter() {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+        &self.cells[i]
+    }
+
+    /// Adds `w` to `key`; returns the estimate after it.
+    fn add(&self, key: &impl Hash, w: f32, now_ms: u64) -> f32 {
+        let win = now_ms / self.window_ms;
+        let cur = self.half(win);
+        let prev_ok = self.epoch[((win + 1) % 2) as usize].load(Ordering::Acquire) + 1 == win;
+        let prev = &self.cells[((win + 1) % 2) as usize];
+        let frac = (now_ms % self.window_ms) as f32 / self.window_ms as f32;
+        let add = (w * SCALE).round() as u32;
+        let slots = self.slots(key);
+        // Conservative update: raise only the cells below the new minimum.
+        let low = slots
+            .iter()
+            .map(|&s| cur[s].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+            .saturating_add(add);
+        let mut est = f32::MAX;
+        for s in slots {
+            let c = cur[s].fetch_max(low, Ordering::Relaxed).max(low);
+            let p = if prev_ok {
+                prev[s].load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            est = est.min((c as f32 + p as f32 * (1.0 - frac)) / SCALE);
+        }
+        est
+    }
+}
+
+/// A key tracked exactly.
+struct Entry {
+    score: f32,
+    at: Instant,
+    counts: [u32; Kind::COUNT],
+    recent: VecDeque<(i64, Kind)>,
+    offences: u32,
+    blocked_until: Option<Instant>,
+    limited: bool,
+    tokens: f32,
+    refilled: Instant,
+}
+
+/// A decision, as the API and the log show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Wall-clock ms.
+    pub time_ms: i64,
+    /// `rate_limit`, `block`, `not_blocked_allowlisted`.
+    pub action: &'static str,
+    /// Which key.
+    pub key: Key,
+    /// Its score then.
+    pub score: f32,
+    /// Block TTL, seconds.
+    pub ttl_s: Option<u64>,
+    /// The event kinds behind the score, with counts.
+    pub reasons: Vec<(&'static str, u32)>,
+}
+
+/// A row of `GET /v1/risk/top`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopRow {
+    /// The key.
+    pub key: Key,
+    /// Score now (decayed).
+    pub score: f32,
+    /// Events by kind since it entered the table.
+    pub events: Vec<(&'static str, u32)>,
+    /// The latest events (ms, kind), newest last.
+    pub recent: Vec<(i64, &'static str)>,
+    /// Times blocked.
+    pub offences: u32,
+    /// Rate-limited now.
+    pub limited: bool,
+    /// Blocked until (ms since the epoch), if blocked.
+    pub blocked_until_ms: Option<i64>,
+}
+
+/// A block the daemon must apply.
+#[derive(Debug, Clone)]
+pub struct BlockOrder {
+    /// The source.
+    pub source: IpAddr,
+    /// For how long.
+    pub ttl: Duration,
+    /// Why (kept with the entry; shown by `ztag block list`).
+    pub reason: String,
+    /// When the engine decided.
+    pub decided: Instant,
+}
+
+/// The engine.
+pub struct Engine {
+    cfg: RiskConfig,
+    sketch: Sketch,
+    rate: Sketch,
+    table: moka::sync::Cache<Key, Arc<Mutex<Entry>>>,
+    decay: f32,
+    blocks: mpsc::UnboundedSender<BlockOrder>,
+    allow: arc_swap::ArcSwap<Vec<IpNet>>,
+    decisions: Mutex<VecDeque<Decision>>,
+    /// Keys ever admitted (a fast path while there are none).
+    admitted: std::sync::atomic::AtomicUsize,
+    epoch: Instant,
+    wall0: i64,
+    observed: IntCounterVec,
+    decided: IntCounterVec,
+    scores: Histogram,
+    tracked: IntGauge,
+}
+
+fn reasons(counts: &[u32; Kind::COUNT]) -> Vec<(&'static str, u32)> {
+    let mut v: Vec<(&'static str, u32)> = Kind::ALL
+        .iter()
+        .filter(|k| **k != Kind::Request && counts[**k as usize] > 0)
+        .map(|k| (k.as_str(), counts[*k as usize]))
+        .collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.1));
+    v
+}
+
+impl Engine {
+    /// The engine and the queue of blocks the daemon applies.
+    pub fn new(
+        cfg: RiskConfig,
+        registry: &Registry,
+    ) -> Result<(Arc<Engine>, mpsc::UnboundedReceiver<BlockOrder>), prometheus::Error> {
+        let observed = IntCounterVec::new(
+            Opts::new(
+                "ztag_risk_observed_total",
+                "Events the risk engine scored, by kind",
+            ),
+            &["kind"],
+        )?;
+        let decided = IntCounterVec::new(
+            Opts::new(
+                "ztag_risk_decisions_total",
+                "Risk decisions (rate_limit, block, not_blocked_allowlisted) by key type",
+            ),
+            &["action", "key"],
+        )?;
+        let scores = Histogram::with_opts(
+            HistogramOpts::new(
+                "ztag_risk_score",
+                "Scores of tracked keys when an event raises them",
+            )
+            .buckets(vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0]),
+        )?;
+        let tracked = IntGauge::new(
+            "ztag_risk_tracked_keys",
+            "Keys (sources, prefixes, principals) the risk engine tracks exactly",
+        )?;
+        registry.register(Box::new(observed.clone()))?;
+        registry.register(Box::new(decided.clone()))?;
+        registry.register(Box::new(scores.clone()))?;
+        registry.register(Box::new(tracked.clone()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let e = Engine {
+            sketch: Sketch::new(cfg.half_life),
+            rate: Sketch::new(Duration::from_secs(1)),
+            table: moka::sync::Cache::builder()
+                .max_capacity(cfg.table_size)
+                .time_to_idle(cfg.half_life * 10)
+                .build(),
+            decay: std::f32::consts::LN_2 / cfg.half_life.as_secs_f32(),
+            blocks: tx,
+            allow: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            decisions: Mutex::new(VecDeque::with_capacity(256)),
+            admitted: std::sync::atomic::AtomicUsize::new(0),
+            epoch: Instant::now(),
+            wall0: crate::state::now_ms(),
+            observed,
+            decided,
+            scores,
+            tracked,
+            cfg,
+        };
+        Ok((Arc::new(e), rx))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RiskConfig {
+        &self.cfg
+    }
+
+    /// Replaces the allowlist the engine checks before blocking.
+    pub fn set_allowlist(&self, nets: Vec<IpNet>) {
+        self.allow.store(Arc::new(nets));
+    }
+
+    fn allowlisted(&self, ip: IpAddr) -> bool {
+        self.allow.load().iter().any(|n| n.contains(&ip))
+    }
+
+    fn exempt(&self, ip: IpAddr) -> bool {
+        self.cfg.exempt.iter().any(|n| n.contains(&ip))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn wall(&self, t: Instant) -> i64 {
+        self.wall0 + t.duration_since(self.epoch).as_millis() as i64
+    }
+
+    /// One event. Cheap when the key is not (yet) suspicious: sketch
+    /// counters only.
+    pub fn observe(&self, source: IpAddr, subject: Option<&str>, client: Option<&str>, kind: Kind) {
+        self.observed.with_label_values(&[kind.as_str()]).inc();
+        let now = self.now_ms();
+        if kind == Kind::Request {
+            // The anomaly term: requests per second over the baseline.
+            let per_s = self.rate.add(&Key::Source(source), 1.0, now);
+            let limit = self.cfg.rate_baseline * self.cfg.rate_anomaly_factor;
+            if per_s > limit {
+                self.observe(source, subject, client, Kind::RateAnomaly);
+            }
+            return;
+        }
+        let w = self.cfg.weights[kind as usize];
+        if w <= 0.0 || self.exempt(source) {
+            return;
+        }
+        self.score(Key::Source(source), w, kind, now);
+        self.score(Key::Prefix(prefix_of(source)), w, kind, now);
+        if let Some(s) = subject {
+            self.score(Key::Subject(Arc::from(s)), w, kind, now);
+        }
+        if let Some(c) = client {
+            self.score(Key::Client(Arc::from(c)), w, kind, now);
+        }
+    }
+
+    fn score(&self, key: Key, w: f32, kind: Kind, now_ms: u64) {
+        let est = self.sketch.add(&key, w, now_ms);
+        let entry = match self.table.get(&key) {
+            Some(e) => e,
+            None if est >= self.cfg.admit_score => {
+                let now = Instant::now();
+                let e = Arc::new(Mutex::new(Entry {
+                    // What the sketch saw before (an overestimate at
+                    // worst, so capped); this event is added below.
+                    score: (est - w).clamp(0.0, self.cfg.admit_score),
+                    at: now,
+                    counts: [0; Kind::COUNT],
+                    recent: VecDeque::with_capacity(8),
+                    offences: 0,
+                    blocked_until: None,
+                    limited: false,
+                    tokens: self.cfg.limited_burst,
+                    refilled: now,
+                }));
+                self.table.insert(key.clone(), e.clone());
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                self.tracked.set(self.table.entry_count() as i64);
+                e
+            }
+            None => return,
+        };
+        let now = Instant::now();
+        let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
+        e.score = e.score * (-self.decay * now.duration_since(e.at).as_secs_f32()).exp() + w;
+        e.at = now;
+        e.counts[kind as usize] = e.counts[kind as usize].saturating_add(1);
+        if e.recent.len() == 8 {
+            e.recent.pop_front();
+        }
+        e.recent.push_back((self.wall(now), kind));
+        self.scores.observe(e.score as f64);
+        self.decide(&key, &mut e, now);
+    }
+
+    fn record(&self, d: Decision) {
+        self.decided
+            .with_label_values(&[d.action, key_type(&d.key)])
+            .inc();
+        info!(action = d.action, key = %d.key, score = d.score, ttl_s = d.ttl_s, reasons = ?d.reasons, "risk decision");
+        let mut q = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == 256 {
+            q.pop_front();
+        }
+        q.push_back(d);
+    }
+
+    fn decide(&self, key: &Key, e: &mut Entry, now: Instant) {
+        let limit_at = match key {
+            Key::Prefix(_) => self.cfg.prefix_limit_score,
+            _ => self.cfg.rate_limit_score,
+        };
+        if let Key::Source(ip) = key
+            && e.score >= self.cfg.block_score
+            && e.blocked_until.is_none_or(|u| u <= now)
+        {
+            if self.allowlisted(*ip) {
+                if e.blocked_until.is_none() {
+                    // Once per crossing: the mark stops the repeats.
+                    e.blocked_until = Some(now + self.cfg.block_ttl);
+                    self.record(Decision {
+                        time_ms: self.wall(now),
+                        action: "not_blocked_allowlisted",
+                        key: key.clone(),
+                        score: e.score,
+                        ttl_s: None,
+                        reasons: reasons(&e.counts),
+                    });
+                }
+            } else {
+                let ttl = self
+                    .cfg
+                    .block_ttl
+                    .saturating_mul(1u32 << e.offences.min(20))
+                    .min(self.cfg.max_block_ttl);
+                e.offences += 1;
+                e.blocked_until = Some(now + ttl);
+                let why = reasons(&e.counts);
+                let reason = format!(
+                    "risk score {:.1}: {}",
+                    e.score,
+                    why.iter()
+                        .map(|(k, n)| format!("{k}×{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let _ = self.blocks.send(BlockOrder {
+                    source: *ip,
+                    ttl,
+                    reason: reason.chars().take(200).collect(),
+                    decided: now,
+                });
+                self.record(Decision {
+                    time_ms: self.wall(now),
+                    action: "block",
+                    key: key.clone(),
+                    score: e.score,
+                    ttl_s: Some(ttl.as_secs()),
+                    reasons: why,
+                });
+            }
+        }
+        if e.score >= limit_at && !e.limited {
+            e.limited = true;
+            e.tokens = self.cfg.limited_burst;
+            e.refilled = now;
+            self.record(Decision {
+                time_ms: self.wall(now),
+                action: "rate_limit",
+                key: key.clone(),
+                score: e.score,
+                ttl_s: None,
+                reasons: reasons(&e.counts),
+            });
+        }
+    }
+
+    /// Whether this request must wait: `Some(retry_after)` when the source,
+    /// its prefix or the subject is rate-limited and out of tokens.
+    pub fn limited(&self, source: IpAddr, subject: Option<&str>) -> Option<Duration> {
+        if self.admitted.load(Ordering::Relaxed) == 0 || self.exempt(source) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut keys = vec![Key::Source(source), Key::Prefix(prefix_of(source))];
+        if let Some(s) = subject {
+            keys.push(Key::Subject(Arc::from(s)));
+        }
+        for key in keys {
+            let Some(entry) = self.table.get(&key) else {
+                continue;
+            };
+            let limit_at = match key {
+                Key::Prefix(_) => self.cfg.prefix_limit_score,
+                _ => self.cfg.rate_limit_score,
+            };
+            let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
+            if !e.limited {
+                continue;
+            }
+            let score = e.score * (-self.decay * now.duration_since(e.at).as_secs_f32()).exp();
+            if score < limit_at / 2.0 {
+                // Calm again (hysteresis: half the threshold).
+                e.limited = false;
+                continue;
+            }
+            let refill = now.duration_since(e.refilled).as_secs_f32() * self.cfg.limited_rate;
+            e.tokens = (e.tokens + refill).min(self.cfg.limited_burst);
+            e.refilled = now;
+            if e.tokens >= 1.0 {
+                e.tokens -= 1.0;
+            } else {
+                let wait = (1.0 - e.tokens) / self.cfg.limited_rate;
+                return Some(Duration::from_secs_f32(wait.max(1.0)));
+            }
+        }
+        None
+    }
+
+    /// The riskiest tracked keys, highest score first.
+    pub fn top(&self, limit: usize) -> Vec<TopRow> {
+        let now = Instant::now();
+        let mut rows: Vec<TopRow> = self
+            .table
+            .iter()
+            .map(|(k, v)| {
+                let e = v.lock().unwrap_or_else(|p| p.into_inner());
+                TopRow {
+                    key: (*k).clone(),
+                    score: e.score * (-self.decay * now.duration_since(e.at).as_secs_f32()).exp(),
+                    events: reasons(&e.counts),
+                    recent: e.recent.iter().map(|(t, k)| (*t, k.as_str())).collect(),
+                    offences: e.offences,
+                    limited: e.limited,
+                    blocked_until_ms: e
+                        .blocked_until
+                        .filter(|u| *u > now && e.offences > 0)
+                        .map(|u| self.wall(u)),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| b.score.total_cmp(&a.score));
+        rows.truncate(limit);
+        rows
+    }
+
+    /// The latest decisions, newest last.
+    pub fn decisions(&self) -> Vec<Decision> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Keys tracked exactly now.
+    pub fn tracked(&self) -> u64 {
+        self.table.run_pending_tasks();
+        self.table.entry_count()
+    }
+}
+
+fn key_type(k: &Key) -> &'static str {
+    match k {
+        Key::Source(_) => "source",
+        Key::Prefix(_) => "prefix",
+        Key::Subject(_) => "subject",
+        Key::Client(_) => "client",
+    }
+}
+
+/// Applies the engine's block orders with `apply` (the daemon's enforcer),
+/// logging each with how long it took from the decision.
+pub async fn apply_blocks<F>(mut rx: mpsc::UnboundedReceiver<BlockOrder>, apply: F)
+where
+    F: Fn(BlockOrder) -> Result<(), String> + Send + Sync + Clone + 'static,
+{
+    while let Some(o) = rx.recv().await {
+        let f = apply.clone();
+        let (src, ttl, decided) = (o.source, o.ttl, o.decided);
+        match tokio::task::spawn_blocking(move || f(o)).await {
+            Ok(Ok(())) => info!(
+                source = %src,
+                ttl_s = ttl.as_secs(),
+                ms = decided.elapsed().as_secs_f64() * 1000.0,
+                "risk: source blocked in the XDP dynamic map"
+            ),
+            Ok(Err(e)) => warn!(source = %src, "risk: block not applied: {e}"),
+            Err(e) => warn!(source = %src, "risk: block task failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(cfg: RiskConfig) -> (Arc<Engine>, mpsc::UnboundedReceiver<BlockOrder>) {
+        Engine::new(cfg, &Registry::new()).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn failures_rate_limit_then_block_with_growing_ttl() {
+        let (e, mut rx) = engine(RiskConfig::default());
+        let a = ip("198.51.100.7");
+        // 1 point per authn failure (a little less once decayed): limited
+        // past 10, blocked past 20.
+        for _ in 0..9 {
+            e.observe(a, None, None, Kind::AuthnFailure);
+        }
+        assert!(e.limited(a, None).is_none());
+        e.observe(a, None, None, Kind::AuthnFailure);
+        e.observe(a, None, None, Kind::AuthnFailure);
+        // The burst of 5 goes through, then 429.
+        for _ in 0..5 {
+            assert!(e.limited(a, None).is_none());
+        }
+        let wait = e.limited(a, None).expect("rate-limited");
+        assert!(wait >= Duration::from_secs(1));
+        assert!(rx.try_recv().is_err(), "blocked too early");
+        for _ in 0..10 {
+            e.observe(a, None, None, Kind::AuthnFailure);
+        }
+        let o = rx.try_recv().expect("a block order");
+        assert_eq!(o.source, a);
+        assert_eq!(o.ttl, Duration::from_secs(300));
+        assert!(o.reason.contains("authn_failure×"), "{}", o.reason);
+        // Another source is untouched; the prefix is not over its threshold.
+        assert!(e.limited(ip("198.51.100.8"), None).is_none());
+        let d = e.decisions();
+        assert!(d.iter().any(|d| d.action == "rate_limit"));
+        assert!(d.iter().any(|d| d.action == "block"));
+        let top = e.top(3);
+        let row = top.iter().find(|r| r.key == Key::Source(a)).unwrap();
+        assert_eq!(row.offences, 1);
+        assert!(row.blocked_until_ms.is_some() && row.limited);
+    }
+
+    #[test]
+    fn repeat_offenders_get_longer_blocks() {
+        let cfg = RiskConfig {
+            block_ttl: Duration::from_millis(1),
+            ..RiskConfig::default()
+        };
+        let (e, mut rx) = engine(cfg);
+        let a = ip("2001:db8::1");
+        let mut ttls = Vec::new();
+        for _ in 0..3 {
+            for _ in 0..25 {
+                e.observe(a, None, None, Kind::AuthnFailure);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            while let Ok(o) = rx.try_recv() {
+                ttls.push(o.ttl);
+            }
+        }
+        assert!(ttls.len() >= 3, "{ttls:?}");
+        assert!(ttls.windows(2).all(|w| w[1] == w[0] * 2), "{ttls:?}");
+    }
+
+    #[test]
+    fn allowlisted_sources_are_never_blocked() {
+        let (e, mut rx) = engine(RiskConfig::default());
+        e.set_allowlist(vec!["10.0.0.0/8".parse().unwrap()]);
+        for _ in 0..100 {
+            e.observe(ip("10.1.2.3"), None, None, Kind::AuthnFailure);
+        }
+        assert!(rx.try_recv().is_err());
+        let d = e.decisions();
+        assert_eq!(
+            d.iter()
+                .filter(|d| d.action == "not_blocked_allowlisted")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn exempt_sources_are_neither_scored_nor_limited() {
+        let (e, mut rx) = engine(RiskConfig::default());
+        for _ in 0..50 {
+            e.observe(ip("127.0.0.1"), Some("carol"), None, Kind::AuthnFailure);
+        }
+        assert!(rx.try_recv().is_err());
+        assert!(e.limited(ip("127.0.0.1"), Some("carol")).is_none());
+        assert!(e.top(10).is_empty());
+    }
+
+    #[test]
+    fn principals_are_scored_across_sources() {
+        let (e, _rx) = engine(RiskConfig::default());
+        for i in 0..12 {
+            let src = ip(&format!("203.0.{i}.9"));
+            e.observe(src, Some("mallory"), Some("agent-1"), Kind::AuthzDenied);
+        }
+        assert!(e.limited(ip("203.0.200.1"), Some("mallory")).is_none());
+        for _ in 0..5 {
+            e.limited(ip("203.0.200.1"), Some("mallory"));
+        }
+        assert!(e.limited(ip("203.0.200.1"), Some("mallory")).is_some());
+        assert!(e.limited(ip("203.0.200.1"), Some("alice")).is_none());
+    }
+
+    #[test]
+    fn a_million_one_off_sources_stay_within_the_table_budget() {
+        let cfg = RiskConfig {
+            table_size: 1000,
+            ..RiskConfig::default()
+        };
+        let (e, _rx) = engine(cfg);
+        for i in 0..1_000_000u32 {
+            let src = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 | i));
+            e.observe(src, None, None, Kind::NotFound);
+        }
+        // The table stays within its budget; the /24 prefixes (256 events
+        // × 0.5 each) are what it tracks, and one-off sources are (nearly)
+        // never admitted.
+        assert!(e.tracked() <= 1000, "{}", e.tracked());
+        let top = e.top(5000);
+        let sources = top
+            .iter()
+            .filter(|r| matches!(r.key, Key::Source(_)))
+            .count();
+        assert!(
+            sources * 20 < top.len(),
+            "{sources} of {} are one-off sources",
+            top.len()
+        );
+        assert!(
+            top.iter()
+                .all(|r| r.score < 10.0 || matches!(r.key, Key::Prefix(_)))
+        );
+    }
+
+    #[test]
+    fn a_request_flood_is_an_anomaly() {
+        let cfg = RiskConfig {
+            rate_baseline: 10.0,
+            rate_anomaly_factor: 2.0,
+            ..RiskConfig::default()
+        };
+        let (e, mut rx) = engine(cfg);
+        let a = ip("192.0.2.50");
+        for _ in 0..1000 {
+            e.observe(a, None, None, Kind::Request);
+        }
+        // 980 requests over 20/s at 0.05 each: ~49 points, blocked.
+        assert_eq!(rx.try_recv().map(|o| o.source).ok(), Some(a));
+    }
+
+    #[test]
+    fn scores_decay_with_the_half_life() {
+        let cfg = RiskConfig {
+            half_life: Duration::from_millis(200),
+            ..RiskConfig::default()
+        };
+        let (e, _rx) = engine(cfg);
+        let a = ip("192.0.2.1");
+        for _ in 0..8 {
+            e.observe(a, None, None, Kind::AuthnFailure);
+        }
+        let s0 = e.top(1)[0].score;
+        std::thread::sleep(Duration::from_millis(400));
+        let s1 = e.top(1)[0].score;
+        assert!((s1 / s0 - 0.25).abs() < 0.08, "{s0} → {s1}");
+    }
+}
