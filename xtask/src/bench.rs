@@ -10,6 +10,10 @@
 //! `ztag`, then the MCP gateway benchmark (`ztag-userspace/benches/mcp.rs`),
 //! which writes `target/bench/mcp-YYYYMMDD-HHMMSS.md` and prints it.
 //!
+//! `cargo xtask bench risk [--quick]`: a release build of `ztag`, then the
+//! risk engine benchmark (`ztag-userspace/benches/risk.rs`), which writes
+//! `target/bench/risk-YYYYMMDD-HHMMSS.md` and prints it.
+//!
 //! `cargo xtask bench proxy [--quick] [-- ARGS...]`: setup, a release build
 //! of `ztag`, then the L7 benchmark (`ztag-userspace/benches/proxy.rs`:
 //! ztag's gateway against HAProxy, Envoy and nginx), which writes
@@ -55,6 +59,10 @@ enum Which {
     /// directly: p50/p99 at a fixed moderate rate, alternating rounds.
     /// Extra args after `--`: `--rate N --connections N --seconds N --rounds N`.
     Mcp(FgaArgs),
+    /// The risk engine: event intake per second on one thread, and gateway
+    /// throughput with the engine on vs off (h2load, nginx upstream,
+    /// alternating rounds).
+    Risk(FgaArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +115,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             build_release()?;
             header("cargo bench -p ztag-userspace --bench mcp");
             let mut bench = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "mcp", "--"]);
+            if a.quick {
+                bench.arg("--quick");
+            }
+            bench.args(&a.args);
+            run_command(&mut bench)
+        }
+        Which::Risk(a) => {
+            build_release()?;
+            header("cargo bench -p ztag-userspace --bench risk");
+            let mut bench =
+                crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "risk", "--"]);
             if a.quick {
                 bench.arg("--quick");
             }
