@@ -9,10 +9,7 @@
 //! Writes `target/bench/inspect-gateway-YYYYMMDD-HHMMSS.md` and prints it.
 //! Goal (issue 5): the inspected route costs ≤ 10% more.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -25,15 +22,8 @@ fn main() {
     // every request, the cost of prompts never seen before.
     let no_cache = std::env::args().any(|a| a == "--no-cache");
     let (rounds, n) = if quick { (3, 4000) } else { (7, 20000) };
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ztag = std::env::var_os("ZTAG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/ztag"));
-    assert!(
-        ztag.exists(),
-        "{} missing: cargo build --release --bin ztag",
-        ztag.display()
-    );
+    let root = support::root();
+    let ztag = support::ztag_bin();
     let dir = std::env::temp_dir().join(format!("ztag-inspect-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let (up, gw) = (free_port(), free_port());

@@ -20,7 +20,6 @@
 
 use std::{
     convert::Infallible,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::Arc,
     time::Duration,
@@ -169,15 +168,8 @@ fn main() {
     let conns: u64 = arg("--connections", 8);
     let secs: u64 = arg("--seconds", if quick { 3 } else { 10 });
     let rounds: usize = arg("--rounds", if quick { 3 } else { 5 });
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ztag = std::env::var_os("ZTAG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/ztag"));
-    assert!(
-        ztag.exists(),
-        "{} missing: cargo build --release --bin ztag",
-        ztag.display()
-    );
+    let root = support::root();
+    let ztag = support::ztag_bin();
     let dir = std::env::temp_dir().join(format!("ztag-mcp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 

@@ -16,7 +16,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -104,15 +103,8 @@ fn main() {
     ));
 
     // Through the gateway.
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ztag = std::env::var_os("ZTAG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/ztag"));
-    assert!(
-        ztag.exists(),
-        "{} missing: cargo build --release",
-        ztag.display()
-    );
+    let root = support::root();
+    let ztag = support::ztag_bin();
     let dir = std::env::temp_dir().join(format!("ztag-risk-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let up = free_port();

@@ -2,6 +2,7 @@
 
 use std::{
     net::TcpStream,
+    path::PathBuf,
     process::Child,
     time::{Duration, Instant},
 };
@@ -34,4 +35,22 @@ pub fn wait_port(port: u16) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The release `ztag` (or `$ZTAG_BIN`), which must exist.
+pub fn ztag_bin() -> PathBuf {
+    let ztag = std::env::var_os("ZTAG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/ztag"));
+    assert!(
+        ztag.exists(),
+        "{} missing: cargo build --release --bin ztag",
+        ztag.display()
+    );
+    ztag
 }
