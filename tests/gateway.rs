@@ -1518,3 +1518,36 @@ fn metrics_count_requests_authn_and_cache_hits() {
             .join("\n")
     );
 }
+
+#[test]
+fn static_rate_limits_per_route_source_and_principal() {
+    let gw = Gateway::start(Options::default());
+    // Per source: a burst of 2, then 429 with Retry-After.
+    assert_eq!(gw.get("/limited/a", &[]).status, 200);
+    assert_eq!(gw.get("/limited/b", &[]).status, 200);
+    let r = gw.get("/limited/c", &[]);
+    assert_eq!(r.status, 429);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Other routes are not affected.
+    assert_eq!(gw.get("/x", &[]).status, 200);
+    // Per principal: one a minute each.
+    let t = |sub: &str| format!("Bearer {}", gw.token(Alg::ES256, sub, "api"));
+    let (alice, bob) = (t("alice"), t("bob"));
+    assert_eq!(
+        gw.get("/limited-user/1", &[("Authorization", &alice)])
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.get("/limited-user/2", &[("Authorization", &alice)])
+            .status,
+        429
+    );
+    assert_eq!(
+        gw.get("/limited-user/3", &[("Authorization", &bob)]).status,
+        200
+    );
+    let m = gw.metrics();
+    assert!(m.contains("reason=\"route_rate_limit\""), "{m}");
+}

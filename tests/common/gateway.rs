@@ -430,6 +430,20 @@ upstream = "echo"
 public = true
 response_filter = "block"
 
+[[gateway.route]]
+name = "limited"
+path_prefix = "/limited/"
+upstream = "echo"
+public = true
+rate_limit = {{ per_source = "1/m", burst = 2 }}
+
+[[gateway.route]]
+name = "limited-user"
+path_prefix = "/limited-user/"
+upstream = "echo"
+authenticate = ["corp"]
+rate_limit = {{ per_principal = "1/m" }}
+
 {extra_routes}
 
 [[gateway.route]]

@@ -124,6 +124,54 @@ struct RawRoute {
     approval: Option<String>,
     approval_mode: Option<String>,
     approval_timeout: Option<String>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_source: Option<String>,
+    per_principal: Option<String>,
+    burst: Option<f64>,
+}
+
+/// A static rate: tokens per second and a burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens per second.
+    pub per_sec: f64,
+    /// Bucket size.
+    pub burst: f64,
+}
+
+/// `rate_limit = { per_source = "100/s", per_principal = "10/m", burst = 20 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RouteRateLimit {
+    /// Per client address.
+    pub per_source: Option<Rate>,
+    /// Per authenticated subject.
+    pub per_principal: Option<Rate>,
+}
+
+/// Parses `N/s`, `N/m` or `N/h`.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, unit) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a rate like \"100/s\", \"30/m\" or \"500/h\""))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {n:?} is not a number"))?;
+    let per = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("{s:?}: unit {u:?} is not s, m or h")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{s:?}: the count must be positive"));
+    }
+    Ok(n / per)
 }
 
 /// Validated `[gateway]`.
@@ -295,6 +343,8 @@ pub struct RouteConfig {
     pub credential: Option<String>,
     /// `approval = "required"`: every request waits for a person.
     pub approval: Option<RouteApproval>,
+    /// Static rate limits.
+    pub rate_limit: RouteRateLimit,
 }
 
 /// `approval = "required"` on a route.
@@ -646,6 +696,7 @@ impl RawGateway {
                 approval,
                 approval_mode,
                 approval_timeout,
+                rate_limit,
             } = r;
             let key = format!("gateway.route[{i}]");
             let name = name.unwrap_or_else(|| format!("route{i}"));
@@ -806,6 +857,36 @@ impl RawGateway {
                     None
                 }
             };
+            let rate_limit = match rate_limit {
+                None => RouteRateLimit::default(),
+                Some(r) => {
+                    let one = |what: &str, v: &Option<String>, problems: &mut Vec<String>| {
+                        v.as_deref().and_then(|s| match parse_rate(s) {
+                            Ok(per_sec) => Some(Rate {
+                                per_sec,
+                                burst: r.burst.unwrap_or(per_sec.max(1.0)),
+                            }),
+                            Err(e) => {
+                                problems.push(format!("{key}.rate_limit.{what}: {e}"));
+                                None
+                            }
+                        })
+                    };
+                    if r.burst.is_some_and(|b| !(b.is_finite() && b >= 1.0)) {
+                        problems.push(format!("{key}.rate_limit.burst: must be at least 1"));
+                    }
+                    let rl = RouteRateLimit {
+                        per_source: one("per_source", &r.per_source, problems),
+                        per_principal: one("per_principal", &r.per_principal, problems),
+                    };
+                    if rl.per_principal.is_some() && public {
+                        problems.push(format!(
+                            "{key}.rate_limit.per_principal: the route is public (no principal)"
+                        ));
+                    }
+                    rl
+                }
+            };
             routes.push(RouteConfig {
                 name,
                 hosts,
@@ -823,6 +904,7 @@ impl RawGateway {
                 mcp,
                 credential,
                 approval,
+                rate_limit,
             });
         }
 
@@ -837,5 +919,21 @@ impl RawGateway {
             upstreams,
             routes,
         }
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_parse_per_second_minute_and_hour() {
+        assert_eq!(parse_rate("100/s"), Ok(100.0));
+        assert_eq!(parse_rate("30/m"), Ok(0.5));
+        assert_eq!(parse_rate(" 7200 / h "), Ok(2.0));
+        assert!(parse_rate("10").unwrap_err().contains("not a rate"));
+        assert!(parse_rate("10/d").unwrap_err().contains("unit"));
+        assert!(parse_rate("-1/s").unwrap_err().contains("positive"));
+        assert!(parse_rate("x/s").unwrap_err().contains("not a number"));
     }
 }

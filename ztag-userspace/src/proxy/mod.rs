@@ -165,6 +165,9 @@ pub enum ProxyError {
     /// The risk engine rate-limits this source or principal.
     #[error("rate limited")]
     RateLimited(Duration),
+    /// Over the route's static rate limit.
+    #[error("over the route's rate limit")]
+    RouteRateLimited(Duration),
     /// No upstream credential for the caller (a label of
     /// [`crate::agent::exchange::CredError::reason`]).
     #[error("upstream credential: {0}")]
@@ -194,7 +197,9 @@ impl ProxyError {
             }
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimited(_) | ProxyError::RouteRateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::ApprovalDenied | ProxyError::ApprovalExpired => StatusCode::FORBIDDEN,
             ProxyError::Credential("credential_unavailable") => StatusCode::BAD_GATEWAY,
             ProxyError::Credential(_) => StatusCode::FORBIDDEN,
@@ -224,6 +229,7 @@ impl ProxyError {
             ProxyError::Internal => "internal",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::RouteRateLimited(_) => "route_rate_limit",
             ProxyError::ApprovalDenied => "approval_denied",
             ProxyError::ApprovalExpired => "approval_expired",
             ProxyError::Credential(r) => r,
@@ -246,7 +252,7 @@ impl ProxyError {
             ProxyError::ResponseBlocked | ProxyError::ResponseUninspectable => "bad_gateway",
             ProxyError::Internal => "internal_error",
             ProxyError::MethodNotAllowed => "method_not_allowed",
-            ProxyError::RateLimited(_) => "too_many_requests",
+            ProxyError::RateLimited(_) | ProxyError::RouteRateLimited(_) => "too_many_requests",
             ProxyError::ApprovalDenied | ProxyError::ApprovalExpired => "forbidden",
             ProxyError::Credential("credential_unavailable") => "bad_gateway",
             ProxyError::Credential(_) => "forbidden",
@@ -285,7 +291,7 @@ impl ProxyError {
         if let ProxyError::Authn(e) = self {
             h.insert(header::WWW_AUTHENTICATE, e.www_authenticate());
         }
-        if let ProxyError::RateLimited(d) = self {
+        if let ProxyError::RateLimited(d) | ProxyError::RouteRateLimited(d) = self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
         }
         // After a framing error the connection's byte stream cannot be
@@ -348,6 +354,8 @@ pub struct Gateway {
     agent: Option<Arc<crate::agent::Agent>>,
     fed_sessions: mcp_fed::Sessions,
     risk: Option<Arc<crate::risk::engine::Engine>>,
+    /// Static per-route token buckets: (route, key) → (tokens, last refill).
+    buckets: moka::sync::Cache<(usize, BucketKey), Bucket>,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -448,6 +456,16 @@ struct Record {
     host: Option<String>,
     path: Option<String>,
     client: Option<IpAddr>,
+}
+
+/// A token bucket: tokens and when they were last refilled.
+type Bucket = Arc<std::sync::Mutex<(f64, Instant)>>;
+
+/// Who a static rate limit counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BucketKey {
+    Source(IpAddr),
+    Principal(Arc<str>),
 }
 
 /// What the gateway's phases call on.
@@ -624,6 +642,10 @@ impl Gateway {
             agent,
             fed_sessions: mcp_fed::sessions(),
             risk,
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
             routes,
             pools,
             listeners,
@@ -961,6 +983,9 @@ impl Gateway {
         let (ri, route) = route::find(&self.cfg.routes, &host_l, &path, &parts.method)
             .ok_or(ProxyError::NoRoute)?;
         rec.route = Some(ri);
+        if let Some(r) = route.rate_limit.per_source {
+            self.take(ri, BucketKey::Source(conn.peer.ip()), r)?;
+        }
 
         // authenticate: the route's providers, then its requirements.
         let principal = if route.public {
@@ -980,6 +1005,9 @@ impl Gateway {
                 && let Some(wait) = r.limited(conn.peer.ip(), Some(&p.subject))
             {
                 return Err(ProxyError::RateLimited(wait));
+            }
+            if let Some(r) = route.rate_limit.per_principal {
+                self.take(ri, BucketKey::Principal(Arc::from(p.subject.as_str())), r)?;
             }
             if let Some(m) = &route.mcp
                 && !m.audience_ok(&p.claims)
@@ -1426,6 +1454,25 @@ impl Gateway {
             parts,
             inspect::Filtered::new(body, streamer).boxed_unsync(),
         ))
+    }
+
+    /// One token of a route's static rate limit, or 429 with the wait.
+    fn take(&self, route: usize, key: BucketKey, r: config::Rate) -> Result<(), ProxyError> {
+        let b = self.buckets.get_with((route, key), || {
+            Arc::new(std::sync::Mutex::new((r.burst, Instant::now())))
+        });
+        let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * r.per_sec).min(r.burst);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(ProxyError::RouteRateLimited(Duration::from_secs_f64(
+                ((1.0 - b.0) / r.per_sec).max(1.0),
+            )))
+        }
     }
 
     /// A response whose body was judged whole: its length, and the flag

@@ -83,6 +83,7 @@ mod tests {
             mcp: None,
             credential: None,
             approval: None,
+            rate_limit: Default::default(),
         }
     }
 
