@@ -220,4 +220,14 @@ jwks_file = "{jwks}"
     );
     let top = d.ok(&["risk", "top", "--json"]);
     assert!(top.contains(&topo.addr(10)), "{top}");
+    let live = d.ok(&["top", "--once", "--interval", "300ms", "--limit", "50"]);
+    assert!(
+        live.contains("DROPS/S BY REASON") && live.contains(&topo.addr(21)),
+        "{live}"
+    );
+    let decisions = d.ok(&["risk", "decisions"]);
+    assert!(
+        decisions.contains("block") && decisions.contains("rate_limit"),
+        "{decisions}"
+    );
 }

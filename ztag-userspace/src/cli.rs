@@ -90,6 +90,19 @@ pub enum Command {
     /// The risk engine: the riskiest sources and principals, its decisions.
     #[command(subcommand)]
     Risk(RiskCmd),
+    /// A live view: kernel drops per second by reason, the riskiest
+    /// sources and principals, the latest decisions, pending approvals.
+    Top {
+        /// Refresh every this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Rows of risky keys.
+        #[arg(long, default_value_t = 15)]
+        limit: usize,
+        /// Print one snapshot (rates over one interval) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// The audit log: MCP tool calls and approval decisions, newest first.
     Audit {
         /// Only this kind (tool_call, approval).
@@ -272,6 +285,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Approvals(cmd) => agent::approvals(&client, cmd).await,
         Command::Audit { kind, limit, json } => agent::audit(&client, kind, limit, json).await,
         Command::Risk(cmd) => risk_cmd(&client, cmd).await,
+        Command::Top {
+            interval,
+            limit,
+            once,
+        } => top(&client, interval, limit, once).await,
         Command::Stats { json } => {
             need_root("ztag stats", &cli.socket)?;
             let rows: Vec<StatRow> = client.get("/v1/stats").await?;
@@ -470,40 +488,7 @@ async fn risk_cmd(client: &AdminClient, cmd: RiskCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
-            println!(
-                "{:<44} {:>8} {:<8} {:<10} EVENTS",
-                "KEY", "SCORE", "LIMITED", "BLOCKED"
-            );
-            for r in rows {
-                let key = format!(
-                    "{} {}",
-                    r["key"]["type"].as_str().unwrap_or("?"),
-                    r["key"]["id"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| r["key"]["id"].to_string())
-                );
-                let events: Vec<String> = r["events"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|e| format!("{}×{}", e[0].as_str().unwrap_or("?"), e[1]))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "{:<44} {:>8.1} {:<8} {:<10} {}",
-                    key,
-                    r["score"].as_f64().unwrap_or(0.0),
-                    if r["limited"] == true { "yes" } else { "no" },
-                    if r["blocked_until_ms"].is_null() {
-                        "no"
-                    } else {
-                        "yes"
-                    },
-                    events.join(", ")
-                );
-            }
+            print!("{}", risky_table("KEY", &rows));
         }
         RiskCmd::Decisions { json } => {
             let rows: Vec<serde_json::Value> = client.get("/v1/risk/decisions").await?;
@@ -513,7 +498,7 @@ async fn risk_cmd(client: &AdminClient, cmd: RiskCmd) -> Result<()> {
             }
             for r in rows {
                 println!(
-                    "{} {:<24} {} {} score {:.1} {}",
+                    "{} {:<24} {} score {:.1} {}",
                     humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH
                             + Duration::from_millis(
@@ -521,11 +506,7 @@ async fn risk_cmd(client: &AdminClient, cmd: RiskCmd) -> Result<()> {
                             )
                     ),
                     r["action"].as_str().unwrap_or("?"),
-                    r["key"]["type"].as_str().unwrap_or("?"),
-                    r["key"]["id"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| r["key"]["id"].to_string()),
+                    key_text(&r["key"]),
                     r["score"].as_f64().unwrap_or(0.0),
                     r["ttl_s"]
                         .as_u64()
@@ -536,4 +517,120 @@ async fn risk_cmd(client: &AdminClient, cmd: RiskCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Drop counters by reason, summed over interfaces.
+async fn drop_counts(client: &AdminClient) -> Result<std::collections::BTreeMap<String, u64>> {
+    let rows: Vec<StatRow> = client.get("/v1/stats").await?;
+    let mut m = std::collections::BTreeMap::new();
+    for r in rows.into_iter().filter(|r| r.action == "drop") {
+        *m.entry(r.reason).or_insert(0) += r.packets;
+    }
+    Ok(m)
+}
+
+async fn top(client: &AdminClient, interval: Duration, limit: usize, once: bool) -> Result<()> {
+    let mut before = drop_counts(client).await?;
+    let mut t0 = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = drop_counts(client).await?;
+        let secs = t0.elapsed().as_secs_f64().max(0.001);
+        t0 = std::time::Instant::now();
+        let risky: Vec<serde_json::Value> = client
+            .get(&format!("/v1/risk/top?limit={limit}"))
+            .await
+            .unwrap_or_default();
+        let decisions: Vec<serde_json::Value> =
+            client.get("/v1/risk/decisions").await.unwrap_or_default();
+        let pending: Vec<serde_json::Value> = client
+            .get("/v1/approvals?status=pending&limit=1000")
+            .await
+            .unwrap_or_default();
+        let mut out = String::new();
+        if !once {
+            out.push_str("\x1b[2J\x1b[H");
+        }
+        let total: f64 = now
+            .iter()
+            .map(|(k, v)| v.saturating_sub(*before.get(k).unwrap_or(&0)) as f64)
+            .sum::<f64>()
+            / secs;
+        out.push_str(&format!(
+            "ztag top — every {}   drops/s {total:.0}   pending approvals {}\n\n",
+            humantime::format_duration(interval),
+            pending.len()
+        ));
+        out.push_str("DROPS/S BY REASON\n");
+        for (k, v) in &now {
+            let d = v.saturating_sub(*before.get(k).unwrap_or(&0)) as f64 / secs;
+            out.push_str(&format!("  {k:<12} {d:>10.0}\n"));
+        }
+        out.push('\n');
+        out.push_str(&risky_table("RISKIEST", &risky));
+        out.push_str("\nLATEST DECISIONS\n");
+        for d in decisions.iter().rev().take(5) {
+            out.push_str(&format!(
+                "  {:<24} {} (score {:.1})\n",
+                d["action"].as_str().unwrap_or("?"),
+                key_text(&d["key"]),
+                d["score"].as_f64().unwrap_or(0.0)
+            ));
+        }
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = o.write_all(out.as_bytes()).and_then(|_| o.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+        if once {
+            return Ok(());
+        }
+        before = now;
+    }
+}
+
+/// A key of `/v1/risk/*` as text: `source 203.0.113.7`.
+fn key_text(k: &serde_json::Value) -> String {
+    format!(
+        "{} {}",
+        k["type"].as_str().unwrap_or("?"),
+        k["id"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| k["id"].to_string())
+    )
+}
+
+/// The rows of `/v1/risk/top` as a table.
+fn risky_table(title: &str, rows: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<44} {:>8} {:<8} {:<8} EVENTS\n",
+        title, "SCORE", "LIMITED", "BLOCKED"
+    );
+    for r in rows {
+        let events: Vec<String> = r["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| format!("{}×{}", e[0].as_str().unwrap_or("?"), e[1]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<44} {:>8.1} {:<8} {:<8} {}\n",
+            key_text(&r["key"]),
+            r["score"].as_f64().unwrap_or(0.0),
+            if r["limited"] == true { "yes" } else { "no" },
+            if r["blocked_until_ms"].is_null() {
+                "no"
+            } else {
+                "yes"
+            },
+            events.join(", ")
+        ));
+    }
+    out
 }
