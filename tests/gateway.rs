@@ -1551,3 +1551,104 @@ fn static_rate_limits_per_route_source_and_principal() {
     let m = gw.metrics();
     assert!(m.contains("reason=\"route_rate_limit\""), "{m}");
 }
+
+/// A minimal OTLP/HTTP collector: keeps the JSON bodies POSTed to it.
+fn otlp_collector() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut len = 0usize;
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if r.read_exact(&mut body).is_err() {
+                    break;
+                }
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    g.lock().unwrap().push(v);
+                }
+                let mut w = &s;
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+            }
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn traces_follow_the_client_context_and_reach_the_otlp_collector() {
+    let (port, got) = otlp_collector();
+    let gw = Gateway::start(Options {
+        extra_config: format!(
+            "[gateway.tracing]\notlp_endpoint = \"http://127.0.0.1:{port}/v1/traces\"\nservice_name = \"ztag-test\"\n"
+        ),
+        ..Options::default()
+    });
+    let tid = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let pid = "00f067aa0ba902b7";
+    let token = gw.token(Alg::ES256, "alice", "api:read");
+    let r = gw.get(
+        "/v1/things",
+        &[
+            ("traceparent", &format!("00-{tid}-{pid}-01")),
+            ("Authorization", &format!("Bearer {token}")),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    // The upstream is a child of ztag's upstream span, in the client's trace.
+    let up = gw.upstream.last().unwrap();
+    let tp = up["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", tid, "01"), "{tp}");
+    assert_ne!(parts[2], pid);
+    // The spans arrive: the server span under the client's, a child per phase.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let spans: Vec<Value> = loop {
+        let all: Vec<Value> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|s| s["traceId"] == tid)
+            .collect();
+        if all.len() >= 3 {
+            break all;
+        }
+        assert!(std::time::Instant::now() < deadline, "spans: {all:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    assert_eq!(server["parentSpanId"], pid);
+    assert_eq!(server["name"], "GET api");
+    let upstream = spans.iter().find(|s| s["name"] == "upstream").unwrap();
+    assert_eq!(upstream["spanId"], parts[2]);
+    assert_eq!(upstream["parentSpanId"], server["spanId"]);
+    assert!(spans.iter().any(|s| s["name"] == "authenticate"));
+    let body = got.lock().unwrap()[0].to_string();
+    assert!(body.contains("ztag-test"), "{body}");
+}

@@ -34,6 +34,7 @@ pub struct RawGateway {
     upstream: Vec<RawUpstream>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    tracing: Option<super::trace::RawTracing>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -195,6 +196,8 @@ pub struct GatewayConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, in match order.
     pub routes: Vec<RouteConfig>,
+    /// OTLP trace export (`[gateway.tracing]`; `None`: off).
+    pub tracing: Option<super::trace::TracingConfig>,
 }
 
 /// `gateway.access_log`.
@@ -450,6 +453,7 @@ impl RawGateway {
             listener,
             upstream,
             route,
+            tracing,
         } = self;
         let workers = workers.unwrap_or(0);
         if workers > 1024 {
@@ -918,6 +922,7 @@ impl RawGateway {
             listeners,
             upstreams,
             routes,
+            tracing: tracing.and_then(|t| t.validate(problems)),
         }
     }
 }

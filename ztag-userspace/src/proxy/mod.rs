@@ -29,6 +29,7 @@ mod metrics;
 pub mod normalize;
 pub mod route;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 use std::{
@@ -356,6 +357,7 @@ pub struct Gateway {
     risk: Option<Arc<crate::risk::engine::Engine>>,
     /// Static per-route token buckets: (route, key) → (tokens, last refill).
     buckets: moka::sync::Cache<(usize, BucketKey), Bucket>,
+    tracer: Option<trace::Tracer>,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -456,6 +458,16 @@ struct Record {
     host: Option<String>,
     path: Option<String>,
     client: Option<IpAddr>,
+    trace: Option<trace::Ctx>,
+}
+
+impl Record {
+    /// A phase that ran from `start` until now, for the trace.
+    fn phase(&mut self, name: &'static str, start: Instant) {
+        if let Some(t) = &mut self.trace {
+            t.phase(name, start);
+        }
+    }
 }
 
 /// A token bucket: tokens and when they were last refilled.
@@ -615,6 +627,16 @@ impl Gateway {
                 .map_err(|e| StartError(vec![e.to_string()]))?
             }
         };
+        let tracer = match &cfg.tracing {
+            None => None,
+            Some(t) => match trace::Tracer::start(t, registry) {
+                Ok(tr) => Some(tr),
+                Err(e) => {
+                    problems.push(format!("gateway.tracing: {e}"));
+                    None
+                }
+            },
+        };
         if !problems.is_empty() {
             return Err(StartError(problems));
         }
@@ -646,6 +668,7 @@ impl Gateway {
                 .max_capacity(1_000_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            tracer,
             routes,
             pools,
             listeners,
@@ -899,7 +922,13 @@ impl Gateway {
     async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
         conn.clock.request_started();
-        let mut rec = Record::default();
+        let mut rec = Record {
+            trace: self
+                .tracer
+                .as_ref()
+                .map(|t| trace::Ctx::start(req.headers(), t.sample_ratio)),
+            ..Record::default()
+        };
         let resp = match self.proxy(conn, req, &mut rec).await {
             Ok(r) => r,
             Err(e) => {
@@ -921,6 +950,39 @@ impl Gateway {
         };
         conn.clock.request_done();
         self.record(conn, &rec, resp.status(), start);
+        if let (Some(t), Some(ctx)) = (&self.tracer, &rec.trace) {
+            let route = rec.route.map(|i| self.cfg.routes[i].name.as_str());
+            let method = rec.method.as_ref().map(|m| m.as_str()).unwrap_or("-");
+            let mut attrs = vec![
+                ("http.request.method", serde_json::json!(method)),
+                (
+                    "http.response.status_code",
+                    serde_json::json!(resp.status().as_u16()),
+                ),
+                (
+                    "client.address",
+                    serde_json::json!(conn.peer.ip().to_string()),
+                ),
+            ];
+            if let Some(p) = &rec.path {
+                attrs.push(("url.path", serde_json::json!(p)));
+            }
+            if let Some(r) = route {
+                attrs.push(("http.route", serde_json::json!(r)));
+            }
+            if let Some(r) = rec.reason {
+                attrs.push(("ztag.reason", serde_json::json!(r)));
+            }
+            if let Some(p) = &rec.principal {
+                attrs.push(("enduser.id", serde_json::json!(p.subject)));
+            }
+            t.finish(
+                ctx,
+                format!("{method} {}", route.unwrap_or("-")),
+                attrs,
+                resp.status().is_server_error(),
+            );
+        }
         resp
     }
 
@@ -988,6 +1050,7 @@ impl Gateway {
         }
 
         // authenticate: the route's providers, then its requirements.
+        let t_authn = Instant::now();
         let principal = if route.public {
             None
         } else {
@@ -1021,10 +1084,18 @@ impl Gateway {
 
         // authorize: every FGA check of the route must allow; a value
         // missing from the request, an engine error or a timeout denies.
-        if !route.authz.is_empty() {
-            self.authorize(conn, route, &parts.method, &path, principal.as_deref())
-                .await?;
+        if !route.public {
+            rec.phase("authenticate", t_authn);
         }
+        if !route.authz.is_empty() {
+            let t = Instant::now();
+            let r = self
+                .authorize(conn, route, &parts.method, &path, principal.as_deref())
+                .await;
+            rec.phase("authorize", t);
+            r?;
+        }
+        let t_inspect = Instant::now();
 
         // MCP: one JSON-RPC message per POST, checked per tool.
         let bodiless = body.is_end_stream();
@@ -1207,13 +1278,20 @@ impl Gateway {
             self.identity(&mut parts.headers, p);
         }
         parts.headers.remove(&self.inspector.config.flag_header);
+        if let Some(t) = &rec.trace {
+            parts.headers.insert("traceparent", t.upstream_header());
+        }
         if let Some(f) = flag {
             parts
                 .headers
                 .insert(self.inspector.config.flag_header.clone(), f);
         }
+        if route.mcp.is_some() || route.inspect.is_some() {
+            rec.phase("inspect", t_inspect);
+        }
         // approve: held (or answered 202) until a person decides.
         if needs_approval {
+            let t = Instant::now();
             let stored = crate::agent::approvals::StoredRequest {
                 method: parts.method.to_string(),
                 path_and_query: match parts.uri.query() {
@@ -1233,7 +1311,7 @@ impl Gateway {
                     .collect(),
                 body_b64: crate::agent::approvals::b64(have.as_deref().unwrap_or_default()),
             };
-            if let Some(resp) = self
+            let answer = self
                 .approve(
                     conn,
                     route,
@@ -1244,8 +1322,9 @@ impl Gateway {
                     host,
                     rec,
                 )
-                .await?
-            {
+                .await;
+            rec.phase("approve", t);
+            if let Some(resp) = answer? {
                 return Ok(resp);
             }
         }
@@ -1330,11 +1409,13 @@ impl Gateway {
             } else {
                 parts.headers.clone()
             };
+            let t_up = Instant::now();
             let sent = tokio::time::timeout(
                 self.cfg.limits.upstream_response_timeout,
                 pool.client().request(up),
             )
             .await;
+            rec.phase("upstream", t_up);
             let res = match sent {
                 Err(_) => {
                     self.peer_failed(pool, &lease.peer);
