@@ -222,7 +222,9 @@ jwks_file = "{jwks}"
     assert!(top.contains(&topo.addr(10)), "{top}");
     let live = d.ok(&["top", "--once", "--interval", "300ms", "--limit", "50"]);
     assert!(
-        live.contains("DROPS/S BY REASON") && live.contains(&topo.addr(21)),
+        live.contains("DROPS/S BY REASON")
+            && live.contains("BUSIEST SOURCES")
+            && live.contains(&topo.addr(21)),
         "{live}"
     );
     let decisions = d.ok(&["risk", "decisions"]);

@@ -543,6 +543,10 @@ async fn top(client: &AdminClient, interval: Duration, limit: usize, once: bool)
             .unwrap_or_default();
         let decisions: Vec<serde_json::Value> =
             client.get("/v1/risk/decisions").await.unwrap_or_default();
+        let busiest: Vec<serde_json::Value> = client
+            .get("/v1/risk/busiest?limit=5")
+            .await
+            .unwrap_or_default();
         let pending: Vec<serde_json::Value> = client
             .get("/v1/approvals?status=pending&limit=1000")
             .await
@@ -565,6 +569,14 @@ async fn top(client: &AdminClient, interval: Duration, limit: usize, once: bool)
         for (k, v) in &now {
             let d = v.saturating_sub(*before.get(k).unwrap_or(&0)) as f64 / secs;
             out.push_str(&format!("  {k:<12} {d:>10.0}\n"));
+        }
+        out.push_str("\nBUSIEST SOURCES (requests since start, estimated)\n");
+        for b in &busiest {
+            out.push_str(&format!(
+                "  {:<40} {:>12}\n",
+                b["source"].as_str().unwrap_or("?"),
+                b["requests"]
+            ));
         }
         out.push('\n');
         out.push_str(&risky_table("RISKIEST", &risky));

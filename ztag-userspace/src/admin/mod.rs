@@ -442,6 +442,23 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
                 json(StatusCode::OK, &r.top(limit))
             }
         },
+        (Method::GET, ["v1", "risk", "busiest"]) => match &shared.risk {
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the risk engine is off ([risk] enabled = false)",
+            ),
+            Some(r) => {
+                let limit = query_param(&req, "limit")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(10);
+                let rows: Vec<serde_json::Value> = r
+                    .busiest(limit)
+                    .into_iter()
+                    .map(|(ip, n)| serde_json::json!({"source": ip.to_string(), "requests": n}))
+                    .collect();
+                json(StatusCode::OK, &rows)
+            }
+        },
         (Method::GET, ["v1", "risk", "decisions"]) => match &shared.risk {
             None => error(
                 StatusCode::SERVICE_UNAVAILABLE,

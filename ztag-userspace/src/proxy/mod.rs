@@ -1699,6 +1699,9 @@ impl Gateway {
             );
             let ip = conn.peer.ip();
             r.observe(ip, subject, client, Kind::Request);
+            if status == StatusCode::NOT_FOUND {
+                r.observe_not_found(ip, subject, client, rec.path.as_deref().unwrap_or("-"));
+            }
             let kind = match (status.as_u16(), rec.reason) {
                 (429, Some("rate_limited")) => Some(Kind::Throttled),
                 (429, _) => None,
@@ -1713,7 +1716,7 @@ impl Gateway {
                     ),
                 ) => Some(Kind::AuthzDenied),
                 (403, Some("insufficient_scope")) => Some(Kind::AuthzDenied),
-                (404, _) => Some(Kind::NotFound),
+                (404, _) => None, // observe_not_found above
                 (400..=499, _) => Some(Kind::ClientError),
                 (500..=599, _) => Some(Kind::ServerError),
                 _ => None,

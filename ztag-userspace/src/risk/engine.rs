@@ -177,9 +177,11 @@ pub fn prefix_of(ip: IpAddr) -> IpNet {
 }
 
 const ROWS: usize = 4;
+/// Sources the busiest-sources summary keeps.
+const BUSIEST: usize = 64;
 const WIDTH: usize = 1 << 18;
-/// Sketch counters are fixed point: 1/16 of a weight unit.
-const SCALE: f32 = 16.0;
+/// Sketch counters are fixed point: 1/256 of a weight unit.
+const SCALE: f32 = 256.0;
 
 /// A count-min sketch over two rotating windows.
 struct Sketch {
@@ -335,6 +337,10 @@ pub struct Engine {
     cfg: RiskConfig,
     sketch: Sketch,
     rate: Sketch,
+    /// (source, path) pairs seen with a 404: only a new path is scanning.
+    paths: Sketch,
+    /// The busiest sources (Space-Saving over 1 request in 8).
+    busiest: Mutex<Vec<(IpAddr, u64)>>,
     table: moka::sync::Cache<Key, Arc<Mutex<Entry>>>,
     decay: f32,
     blocks: mpsc::UnboundedSender<BlockOrder>,
@@ -400,6 +406,8 @@ impl Engine {
         let e = Engine {
             sketch: Sketch::new(cfg.half_life),
             rate: Sketch::new(Duration::from_secs(1)),
+            paths: Sketch::new(cfg.half_life),
+            busiest: Mutex::new(Vec::with_capacity(BUSIEST)),
             table: moka::sync::Cache::builder()
                 .max_capacity(cfg.table_size)
                 .time_to_idle(cfg.half_life * 10)
@@ -452,6 +460,7 @@ impl Engine {
         self.observed[kind as usize].inc();
         let now = self.now_ms();
         if kind == Kind::Request {
+            self.count_busy(source);
             // The anomaly term: requests per second over the baseline.
             let (per_s, _) = self.rate.add(&Key::Source(source), 1.0, now);
             let limit = self.cfg.rate_baseline * self.cfg.rate_anomaly_factor;
@@ -472,6 +481,64 @@ impl Engine {
         if let Some(c) = client {
             self.score(Key::Client(Arc::from(c)), w, kind, now);
         }
+    }
+
+    /// A 404 for `path`: path scanning when the source has not asked for
+    /// this path before (within about a half-life), else a plain client
+    /// error.
+    pub fn observe_not_found(
+        &self,
+        source: IpAddr,
+        subject: Option<&str>,
+        client: Option<&str>,
+        path: &str,
+    ) {
+        let (seen, _) = self.paths.add(&(source, path), 1.0, self.now_ms());
+        let kind = if seen <= 1.0 {
+            Kind::NotFound
+        } else {
+            Kind::ClientError
+        };
+        self.observe(source, subject, client, kind);
+    }
+
+    /// Space-Saving on a sample of the requests: the busiest sources.
+    fn count_busy(&self, source: IpAddr) {
+        // A random 1 in 8 (xorshift per thread): a counter would alias with
+        // periodic traffic.
+        thread_local! { static X: std::cell::Cell<u32> = const { std::cell::Cell::new(0x9E37_79B9) }; }
+        let x = X.with(|c| {
+            let mut x = c.get();
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            c.set(x);
+            x
+        });
+        if x & 7 != 0 {
+            return;
+        }
+        let mut b = self.busiest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = b.iter_mut().find(|e| e.0 == source) {
+            e.1 += 8;
+        } else if b.len() < BUSIEST {
+            b.push((source, 8));
+        } else if let Some(min) = b.iter_mut().min_by_key(|e| e.1) {
+            // Space-Saving: the newcomer inherits the smallest count.
+            *min = (source, min.1 + 8);
+        }
+    }
+
+    /// The busiest sources (estimated requests since start), highest first.
+    pub fn busiest(&self, limit: usize) -> Vec<(IpAddr, u64)> {
+        let mut b = self
+            .busiest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        b.sort_by_key(|e| std::cmp::Reverse(e.1));
+        b.truncate(limit);
+        b
     }
 
     fn score(&self, key: Key, w: f32, kind: Kind, now_ms: u64) {
@@ -869,6 +936,37 @@ mod tests {
         }
         // 980 requests over 20/s at 0.05 each: ~49 points, blocked.
         assert_eq!(rx.try_recv().map(|o| o.source).ok(), Some(a));
+    }
+
+    #[test]
+    fn only_new_paths_count_as_scanning_and_the_busiest_are_found() {
+        let (e, _rx) = engine(RiskConfig::default());
+        let a = ip("192.0.2.9");
+        for _ in 0..30 {
+            e.observe_not_found(a, None, None, "/same");
+        }
+        // One scanning event and 29 client errors: 0.5 + 2.9.
+        let s = e.top(1)[0].score;
+        assert!((s - 3.4).abs() < 0.2, "{s}");
+        for i in 0..20 {
+            e.observe_not_found(a, None, None, &format!("/p{i}"));
+        }
+        let row = e
+            .top(5)
+            .into_iter()
+            .find(|r| r.key == Key::Source(a))
+            .unwrap();
+        // Counted since the source entered the table: the 20 new paths.
+        assert!(row.events.contains(&("not_found", 20)), "{:?}", row.events);
+        for i in 0..8000u32 {
+            let src = if i % 2 == 0 {
+                a
+            } else {
+                ip(&format!("198.51.100.{}", i % 200))
+            };
+            e.observe(src, None, None, Kind::Request);
+        }
+        assert_eq!(e.busiest(1)[0].0, a);
     }
 
     #[test]
