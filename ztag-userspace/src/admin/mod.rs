@@ -430,41 +430,29 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
                 ),
             }
         }
-        (Method::GET, ["v1", "risk", "top"]) => match &shared.risk {
+        (Method::GET, ["v1", "risk", what]) => match &shared.risk {
             None => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the risk engine is off ([risk] enabled = false)",
             ),
             Some(r) => {
-                let limit = query_param(&req, "limit")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(20);
-                json(StatusCode::OK, &r.top(limit))
+                let limit = query_param(&req, "limit").and_then(|s| s.parse().ok());
+                match *what {
+                    "top" => json(StatusCode::OK, &r.top(limit.unwrap_or(20))),
+                    "busiest" => {
+                        let rows: Vec<serde_json::Value> = r
+                            .busiest(limit.unwrap_or(10))
+                            .into_iter()
+                            .map(|(ip, n)| {
+                                serde_json::json!({"source": ip.to_string(), "requests": n})
+                            })
+                            .collect();
+                        json(StatusCode::OK, &rows)
+                    }
+                    "decisions" => json(StatusCode::OK, &r.decisions()),
+                    _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+                }
             }
-        },
-        (Method::GET, ["v1", "risk", "busiest"]) => match &shared.risk {
-            None => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the risk engine is off ([risk] enabled = false)",
-            ),
-            Some(r) => {
-                let limit = query_param(&req, "limit")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(10);
-                let rows: Vec<serde_json::Value> = r
-                    .busiest(limit)
-                    .into_iter()
-                    .map(|(ip, n)| serde_json::json!({"source": ip.to_string(), "requests": n}))
-                    .collect();
-                json(StatusCode::OK, &rows)
-            }
-        },
-        (Method::GET, ["v1", "risk", "decisions"]) => match &shared.risk {
-            None => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the risk engine is off ([risk] enabled = false)",
-            ),
-            Some(r) => json(StatusCode::OK, &r.decisions()),
         },
         (Method::GET, ["v1", "stats"]) => match stats(&shared) {
             Ok(rows) => json(StatusCode::OK, &rows),
