@@ -90,8 +90,9 @@ pub enum Command {
     /// The risk engine: the riskiest sources and principals, its decisions.
     #[command(subcommand)]
     Risk(RiskCmd),
-    /// A live view: kernel drops per second by reason, the riskiest
-    /// sources and principals, the latest decisions, pending approvals.
+    /// A live view: kernel drops per second by reason, the busiest and the
+    /// riskiest sources and principals, the latest decisions, pending
+    /// approvals.
     Top {
         /// Refresh every this long.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
