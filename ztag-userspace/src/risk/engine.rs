@@ -168,6 +168,26 @@ impl std::fmt::Display for Key {
     }
 }
 
+/// A [`Key`] borrowed: what the sketch hashes (no allocation per event).
+#[derive(Hash)]
+enum KeyRef<'a> {
+    Source(IpAddr),
+    Prefix(IpNet),
+    Subject(&'a str),
+    Client(&'a str),
+}
+
+impl KeyRef<'_> {
+    fn owned(&self) -> Key {
+        match self {
+            KeyRef::Source(a) => Key::Source(*a),
+            KeyRef::Prefix(p) => Key::Prefix(*p),
+            KeyRef::Subject(s) => Key::Subject(Arc::from(*s)),
+            KeyRef::Client(c) => Key::Client(Arc::from(*c)),
+        }
+    }
+}
+
 /// The /24 (IPv4) or /64 (IPv6) around `ip`.
 pub fn prefix_of(ip: IpAddr) -> IpNet {
     let len = if ip.is_ipv4() { 24 } else { 64 };
@@ -473,13 +493,13 @@ impl Engine {
         if w <= 0.0 || self.exempt(source) {
             return;
         }
-        self.score(Key::Source(source), w, kind, now);
-        self.score(Key::Prefix(prefix_of(source)), w, kind, now);
+        self.score(KeyRef::Source(source), w, kind, now);
+        self.score(KeyRef::Prefix(prefix_of(source)), w, kind, now);
         if let Some(s) = subject {
-            self.score(Key::Subject(Arc::from(s)), w, kind, now);
+            self.score(KeyRef::Subject(s), w, kind, now);
         }
         if let Some(c) = client {
-            self.score(Key::Client(Arc::from(c)), w, kind, now);
+            self.score(KeyRef::Client(c), w, kind, now);
         }
     }
 
@@ -541,13 +561,19 @@ impl Engine {
         b
     }
 
-    fn score(&self, key: Key, w: f32, kind: Kind, now_ms: u64) {
-        let (est, noise) = self.sketch.add(&key, w, now_ms);
+    fn score(&self, kr: KeyRef<'_>, w: f32, kind: Kind, now_ms: u64) {
+        let (est, noise) = self.sketch.add(&kr, w, now_ms);
+        // Under the admission level (over the noise floor: under a flood of
+        // distinct sources a key needs more events to be told apart from
+        // the crowd) the table is not touched: a tracked key this quiet is
+        // far below every threshold.
+        if est - noise < self.cfg.admit_score {
+            return;
+        }
+        let key = kr.owned();
         let entry = match self.table.get(&key) {
             Some(e) => e,
-            // Over the noise floor: under a flood of distinct sources a key
-            // needs more events to be told apart from the crowd.
-            None if est - noise >= self.cfg.admit_score => {
+            None => {
                 let now = Instant::now();
                 let e = Arc::new(Mutex::new(Entry {
                     // What the sketch saw before (an overestimate at
@@ -567,7 +593,6 @@ impl Engine {
                 self.tracked.set(self.table.entry_count() as i64);
                 e
             }
-            None => return,
         };
         let now = Instant::now();
         let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
