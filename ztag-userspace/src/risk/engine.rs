@@ -211,7 +211,8 @@ struct Sketch {
     /// Everything added to each half (fixed point): its load.
     total: [AtomicU64; 2],
     window_ms: u64,
-    hasher: std::collections::hash_map::RandomState,
+    /// foldhash, randomly seeded per process (hashbrown's default hasher).
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Sketch {
@@ -222,7 +223,7 @@ impl Sketch {
             epoch: [AtomicU64::new(0), AtomicU64::new(1)],
             total: [AtomicU64::new(0), AtomicU64::new(0)],
             window_ms: window.as_millis().max(1) as u64,
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
 
@@ -361,7 +362,7 @@ pub struct Engine {
     paths: Sketch,
     /// The busiest sources (Space-Saving over 1 request in 8).
     busiest: Mutex<Vec<(IpAddr, u64)>>,
-    table: moka::sync::Cache<Key, Arc<Mutex<Entry>>>,
+    table: moka::sync::Cache<Key, Arc<Mutex<Entry>>, hashbrown::DefaultHashBuilder>,
     decay: f32,
     blocks: mpsc::UnboundedSender<BlockOrder>,
     allow: arc_swap::ArcSwap<Vec<IpNet>>,
@@ -431,7 +432,7 @@ impl Engine {
             table: moka::sync::Cache::builder()
                 .max_capacity(cfg.table_size)
                 .time_to_idle(cfg.half_life * 10)
-                .build(),
+                .build_with_hasher(hashbrown::DefaultHashBuilder::default()),
             decay: std::f32::consts::LN_2 / cfg.half_life.as_secs_f32(),
             blocks: tx,
             allow: arc_swap::ArcSwap::from_pointee(Vec::new()),
