@@ -367,8 +367,8 @@ pub struct Engine {
     blocks: mpsc::UnboundedSender<BlockOrder>,
     allow: arc_swap::ArcSwap<Vec<IpNet>>,
     decisions: Mutex<VecDeque<Decision>>,
-    /// Keys ever admitted (a fast path while there are none).
-    admitted: std::sync::atomic::AtomicUsize,
+    /// Keys rate-limited now (the per-request check is free while none is).
+    limited_keys: std::sync::atomic::AtomicUsize,
     epoch: Instant,
     wall0: i64,
     /// `ztag_risk_observed_total` per kind, resolved once.
@@ -437,7 +437,7 @@ impl Engine {
             blocks: tx,
             allow: arc_swap::ArcSwap::from_pointee(Vec::new()),
             decisions: Mutex::new(VecDeque::with_capacity(256)),
-            admitted: std::sync::atomic::AtomicUsize::new(0),
+            limited_keys: std::sync::atomic::AtomicUsize::new(0),
             epoch: Instant::now(),
             wall0: crate::state::now_ms(),
             observed: Kind::ALL.map(|k| observed.with_label_values(&[k.as_str()])),
@@ -590,7 +590,6 @@ impl Engine {
                     refilled: now,
                 }));
                 self.table.insert(key.clone(), e.clone());
-                self.admitted.fetch_add(1, Ordering::Relaxed);
                 self.tracked.set(self.table.entry_count() as i64);
                 e
             }
@@ -677,6 +676,7 @@ impl Engine {
         }
         if e.score >= limit_at && !e.limited {
             e.limited = true;
+            self.limited_keys.fetch_add(1, Ordering::Relaxed);
             e.tokens = self.cfg.limited_burst;
             e.refilled = now;
             self.record(Decision {
@@ -693,15 +693,16 @@ impl Engine {
     /// Whether this request must wait: `Some(retry_after)` when the source,
     /// its prefix or the subject is rate-limited and out of tokens.
     pub fn limited(&self, source: IpAddr, subject: Option<&str>) -> Option<Duration> {
-        if self.admitted.load(Ordering::Relaxed) == 0 || self.exempt(source) {
+        if self.limited_keys.load(Ordering::Relaxed) == 0 || self.exempt(source) {
             return None;
         }
         let now = Instant::now();
-        let mut keys = vec![Key::Source(source), Key::Prefix(prefix_of(source))];
-        if let Some(s) = subject {
-            keys.push(Key::Subject(Arc::from(s)));
-        }
-        for key in keys {
+        let keys = [
+            Some(Key::Source(source)),
+            Some(Key::Prefix(prefix_of(source))),
+            subject.map(|s| Key::Subject(Arc::from(s))),
+        ];
+        for key in keys.into_iter().flatten() {
             let Some(entry) = self.table.get(&key) else {
                 continue;
             };
@@ -717,6 +718,7 @@ impl Engine {
             if score < limit_at / 2.0 {
                 // Calm again (hysteresis: half the threshold).
                 e.limited = false;
+                self.limited_keys.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
             let refill = now.duration_since(e.refilled).as_secs_f32() * self.cfg.limited_rate;
