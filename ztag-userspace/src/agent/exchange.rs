@@ -83,7 +83,9 @@ pub struct Credentials {
     vault: Option<Arc<Vault>>,
     authn: Arc<Authn>,
     exchanged: moka::sync::Cache<(String, String), Arc<Cached>>,
-    locks: dashmap::DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// One refresh or exchange at a time per key; idle locks are dropped
+    /// (one per caller token would otherwise pile up).
+    locks: moka::sync::Cache<(String, String), Arc<tokio::sync::Mutex<()>>>,
 }
 
 fn digest(s: &str) -> String {
@@ -127,7 +129,10 @@ impl Credentials {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(24 * 3600))
                 .build(),
-            locks: dashmap::DashMap::new(),
+            locks: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
         })
     }
 
@@ -208,9 +213,7 @@ impl Credentials {
         // read the refreshed entry.
         let lock = self
             .locks
-            .entry((user.to_string(), c.name.clone()))
-            .or_default()
-            .clone();
+            .get_with((user.to_string(), c.name.clone()), Default::default);
         let _g = lock.lock().await;
         let s = vault
             .get(user, &c.name)
@@ -252,7 +255,7 @@ impl Credentials {
         let x = c.exchange.as_ref().expect("exchange connection");
         let endpoint = c.token_endpoint.as_deref().expect("validated");
         let key = (digest(subject_token), c.name.clone());
-        let lock = self.locks.entry(key.clone()).or_default().clone();
+        let lock = self.locks.get_with(key.clone(), Default::default);
         let _g = lock.lock().await;
         let cached = self.exchanged.get(&key);
         if let Some(k) = &cached
