@@ -358,6 +358,7 @@ pub struct Gateway {
     /// Static per-route token buckets: (route, key) → (tokens, last refill).
     buckets: moka::sync::Cache<(usize, BucketKey), Bucket>,
     tracer: Option<trace::Tracer>,
+    path_hasher: hashbrown::DefaultHashBuilder,
     routes: Vec<RouteRt>,
     pools: Vec<Pool>,
     listeners: Vec<Listener>,
@@ -459,6 +460,7 @@ struct Record {
     path: Option<String>,
     client: Option<IpAddr>,
     trace: Option<trace::Ctx>,
+    path_hash: Option<u64>,
 }
 
 impl Record {
@@ -669,6 +671,7 @@ impl Gateway {
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
             tracer,
+            path_hasher: Default::default(),
             routes,
             pools,
             listeners,
@@ -1027,6 +1030,13 @@ impl Gateway {
         let path = normalize::normalize_path(parts.uri.path(), self.cfg.encoded_slash)?;
         if logging {
             rec.path = Some(path.to_string());
+        }
+        if self.risk.is_some() {
+            // For path scanning (distinct 404s), whether or not it is logged.
+            rec.path_hash = Some(std::hash::BuildHasher::hash_one(
+                &self.path_hasher,
+                path.as_ref() as &str,
+            ));
         }
         // The risk engine's rate limit on the source (and its prefix).
         if let Some(r) = &self.risk
@@ -1700,7 +1710,7 @@ impl Gateway {
             let ip = conn.peer.ip();
             r.observe(ip, subject, client, Kind::Request);
             if status == StatusCode::NOT_FOUND {
-                r.observe_not_found(ip, subject, client, rec.path.as_deref().unwrap_or("-"));
+                r.observe_not_found(ip, subject, client, rec.path_hash.unwrap_or(0));
             }
             let kind = match (status.as_u16(), rec.reason) {
                 (429, Some("rate_limited")) => Some(Kind::Throttled),

@@ -504,15 +504,15 @@ impl Engine {
         }
     }
 
-    /// A 404 for `path`: path scanning when the source has not asked for
-    /// this path before (within about a half-life), else a plain client
-    /// error.
+    /// A 404 for the path hashed as `path`: path scanning when the source
+    /// has not asked for this path before (within about a half-life), else a
+    /// plain client error.
     pub fn observe_not_found(
         &self,
         source: IpAddr,
         subject: Option<&str>,
         client: Option<&str>,
-        path: &str,
+        path: u64,
     ) {
         let (seen, _) = self.paths.add(&(source, path), 1.0, self.now_ms());
         let kind = if seen <= 1.0 {
@@ -971,13 +971,13 @@ mod tests {
         let (e, _rx) = engine(RiskConfig::default());
         let a = ip("192.0.2.9");
         for _ in 0..30 {
-            e.observe_not_found(a, None, None, "/same");
+            e.observe_not_found(a, None, None, 7);
         }
         // One scanning event and 29 client errors: 0.5 + 2.9.
         let s = e.top(1)[0].score;
         assert!((s - 3.4).abs() < 0.2, "{s}");
         for i in 0..20 {
-            e.observe_not_found(a, None, None, &format!("/p{i}"));
+            e.observe_not_found(a, None, None, 100 + i);
         }
         let row = e
             .top(5)
