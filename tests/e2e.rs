@@ -3,6 +3,7 @@
 //! skip by name without root and fail under CI=true.
 
 mod agent;
+mod dashboard;
 mod fga;
 mod gateway;
 mod inspect;

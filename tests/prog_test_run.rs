@@ -63,6 +63,7 @@ impl Fixture {
                 &AddSpec {
                     ttl,
                     reason: Some("test".into()),
+                    ..Default::default()
                 },
             )
             .unwrap_or_else(|e| panic!("adding {cidr} to {kind:?}: {e}"));

@@ -118,6 +118,9 @@ pub struct Options {
     pub extra_config: String,
     /// Files to write in the test directory before the start: (name, text).
     pub files: Vec<(String, String)>,
+    /// HTTPS on the admin listener (the `api` certificate) with client
+    /// certificates from the test CA.
+    pub admin_tls: bool,
 }
 
 impl Default for Options {
@@ -143,6 +146,7 @@ impl Default for Options {
             extra_routes: String::new(),
             extra_config: String::new(),
             files: Vec::new(),
+            admin_tls: false,
         }
     }
 }
@@ -256,6 +260,7 @@ dir = {state}
 socket = {socket}
 listen = "127.0.0.1:{admin_port}"
 token_file = "admin.token"
+{admin_tls}
 
 {authz}
 
@@ -514,6 +519,16 @@ max_entries = {cache}
             leeway = o.leeway,
             cache = o.cache_entries,
             admin_port = admin_port,
+            admin_tls = if o.admin_tls {
+                format!(
+                    "tls_cert = {}\ntls_key = {}\nclient_ca = {}",
+                    toml_str(&api_cert.display().to_string()),
+                    toml_str(&api_key.display().to_string()),
+                    toml_str(&ca_file.display().to_string())
+                )
+            } else {
+                String::new()
+            },
             authz = authz,
             extra_routes = o.extra_routes,
             extra_config = o.extra_config,

@@ -355,12 +355,25 @@ impl Daemon {
         dir: &TempDir,
         extra: &str,
     ) -> Self {
+        Self::start_full(ns, iface, mode, pins, dir, "", extra)
+    }
+
+    /// Same, with more keys in `[admin]` (e.g. the TCP listener).
+    pub fn start_full(
+        ns: &NetNs,
+        iface: &str,
+        mode: &str,
+        pins: &PinDir,
+        dir: &TempDir,
+        admin_extra: &str,
+        extra: &str,
+    ) -> Self {
         let socket = dir.0.join("admin.sock");
         let config = dir.0.join("ztag.toml");
         std::fs::write(
             &config,
             format!(
-                "[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"{mode}\"\npin_dir = \"{}\"\nsweep_interval = \"200ms\"\nevents_sample_one_in = 1\n\n[state]\ndir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:9477\"\n{extra}\n",
+                "[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"{mode}\"\npin_dir = \"{}\"\nsweep_interval = \"200ms\"\nevents_sample_one_in = 1\n\n[state]\ndir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n{admin_extra}\n\n[metrics]\nlisten = \"127.0.0.1:9477\"\n{extra}\n",
                 pins.0.display(),
                 dir.0.join("state").display(),
                 socket.display()

@@ -429,16 +429,20 @@ async fn list_cmd(client: &AdminClient, kind: &str, cmd: ListCmd) -> Result<()> 
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<43} {:<8} {:<14} REASON", "CIDR", "KIND", "EXPIRES IN");
+                println!(
+                    "{:<43} {:<8} {:<10} {:<14} REASON",
+                    "CIDR", "KIND", "ORIGIN", "EXPIRES IN"
+                );
                 for r in rows {
                     let exp = match r.ttl_secs {
                         Some(t) => humantime::format_duration(Duration::from_secs(t)).to_string(),
                         None => "never".into(),
                     };
                     println!(
-                        "{:<43} {:<8} {:<14} {}",
+                        "{:<43} {:<8} {:<10} {:<14} {}",
                         r.cidr,
                         r.kind.as_str(),
+                        r.origin.as_str(),
                         exp,
                         r.reason.unwrap_or_default()
                     );

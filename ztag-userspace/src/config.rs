@@ -80,6 +80,10 @@ pub struct Config {
     pub risk: crate::risk::config::RiskConfig,
     /// Directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
+    /// The configuration text as loaded, for the dashboard's read-only view
+    /// (inline values under secret-sounding keys replaced by "[redacted]";
+    /// ztag reads secrets from files, so there should be none).
+    pub text: std::sync::Arc<str>,
 }
 
 /// `[xdp]`
@@ -122,11 +126,19 @@ impl StateConfig {
 pub struct AdminConfig {
     /// Unix socket path (created with mode 0600).
     pub socket: PathBuf,
-    /// Optional TCP listener for the OpenFGA-compatible API (and, later,
-    /// the dashboard); every request needs the admin token.
+    /// Optional TCP listener for the web dashboard and the
+    /// OpenFGA-compatible API; every request needs the admin token (or,
+    /// with `client_ca`, a verified client certificate).
     pub listen: Option<SocketAddr>,
-    /// File holding the admin bearer token (required with `listen`).
+    /// File holding the admin bearer token. With `listen` and neither
+    /// `token_file` nor `client_ca` given, `<state.dir>/admin.token`, which
+    /// the daemon creates (random, mode 0600) when missing.
     pub token_file: Option<PathBuf>,
+    /// `token_file` is the generated default: create it when missing.
+    pub token_generated: bool,
+    /// HTTPS on the TCP listener (`tls_cert`, `tls_key`, optional
+    /// `client_ca`); required when `listen` is not a loopback address.
+    pub tls: Option<crate::proxy::config::TlsConfig>,
 }
 
 /// `[metrics]`
@@ -193,12 +205,59 @@ struct RawAdmin {
     socket: Option<PathBuf>,
     listen: Option<String>,
     token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+}
+
+/// The config text with inline values of secret-sounding keys (`*secret*`,
+/// `*password*`, `*passphrase*`, `*token*`, `*api_key*`, but not the
+/// `*_file` keys that name files) replaced by `"[redacted]"`.
+pub fn redacted(text: &str) -> String {
+    fn secret_key(k: &str) -> bool {
+        let k = k.to_ascii_lowercase();
+        !k.ends_with("_file")
+            && !k.ends_with("_path")
+            && [
+                "secret",
+                "password",
+                "passphrase",
+                "token",
+                "api_key",
+                "private_key",
+            ]
+            .iter()
+            .any(|s| k.contains(s))
+    }
+    fn walk(v: &mut toml::Value) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t.iter_mut() {
+                    if secret_key(k) && !v.is_table() && !v.is_array() {
+                        *v = toml::Value::String("[redacted]".into());
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            toml::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    match text.parse::<toml::Table>() {
+        Ok(t) => {
+            let mut v = toml::Value::Table(t);
+            walk(&mut v);
+            toml::to_string_pretty(&v).unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    }
 }
 
 /// Default admin socket, also used by the CLI when no `--socket` is given.
@@ -351,6 +410,9 @@ impl Config {
             socket,
             listen: admin_listen,
             token_file,
+            tls_cert,
+            tls_key,
+            client_ca,
         } = admin;
         let admin_listen = match admin_listen.as_deref() {
             None | Some("") | Some("off") => None,
@@ -364,11 +426,44 @@ impl Config {
                 }
             },
         };
-        let token_file = token_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
-        if admin_listen.is_some() && token_file.is_none() {
-            problems.push(
-                "admin.token_file: required with admin.listen (every TCP admin request must carry the token)".into(),
-            );
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let token_file = token_file.map(abs);
+        let admin_tls = match (tls_cert.map(abs), tls_key.map(abs)) {
+            (Some(cert), Some(key)) => Some(crate::proxy::config::TlsConfig {
+                certificates: vec![(cert, key)],
+                client_auth: if client_ca.is_some() {
+                    crate::proxy::config::ClientAuth::Optional
+                } else {
+                    crate::proxy::config::ClientAuth::Off
+                },
+                client_ca: client_ca.map(abs),
+                key_path: "admin".into(),
+            }),
+            (None, None) => {
+                if client_ca.is_some() {
+                    problems.push(
+                        "admin.client_ca: needs admin.tls_cert and admin.tls_key (client certificates are a TLS feature)".into(),
+                    );
+                }
+                None
+            }
+            _ => {
+                problems.push("admin.tls_cert and admin.tls_key: give both or neither".into());
+                None
+            }
+        };
+        // With a listener, a token is needed unless client certificates are
+        // asked for; none configured: the daemon makes one in the state dir.
+        let token_generated = admin_listen.is_some()
+            && token_file.is_none()
+            && admin_tls.as_ref().is_none_or(|t| t.client_ca.is_none());
+        if let Some(a) = admin_listen
+            && !a.ip().is_loopback()
+            && admin_tls.is_none()
+        {
+            problems.push(format!(
+                "admin.listen: {a} is not a loopback address; set admin.tls_cert and admin.tls_key so that the admin token and session never cross the network in clear"
+            ));
         }
         let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
         if !socket.is_absolute() {
@@ -425,11 +520,19 @@ impl Config {
                 rate_per_sec,
                 rate_burst,
             },
-            state: StateConfig { dir: state_dir },
+            state: StateConfig {
+                dir: state_dir.clone(),
+            },
             admin: AdminConfig {
                 socket,
                 listen: admin_listen,
-                token_file,
+                token_file: if token_generated {
+                    Some(state_dir.join("admin.token"))
+                } else {
+                    token_file
+                },
+                token_generated,
+                tls: admin_tls,
             },
             metrics: MetricsConfig { listen },
             gateway,
@@ -439,6 +542,7 @@ impl Config {
             agent,
             risk,
             base_dir: base.to_path_buf(),
+            text: redacted(text).into(),
         })
     }
 }
@@ -468,6 +572,39 @@ fn toml_error(e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dashboard_view_of_the_config_hides_inline_secrets() {
+        let t = redacted(
+            "[admin]\ntoken_file = \"/etc/ztag/admin.token\"\n[x]\napi_token = \"s3cr3t\"\n[[y]]\nclient_secret = \"hunter2\"\nname = \"keep\"\n",
+        );
+        assert!(!t.contains("s3cr3t") && !t.contains("hunter2"), "{t}");
+        assert!(
+            t.contains("/etc/ztag/admin.token") && t.contains("keep"),
+            "{t}"
+        );
+        assert!(t.contains("[redacted]"), "{t}");
+    }
+
+    #[test]
+    fn admin_listener_off_loopback_needs_tls() {
+        let e = Config::parse("[admin]\nlisten = \"0.0.0.0:9478\"\ntoken_file = \"/t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a loopback address"), "{e}");
+        let c =
+            Config::parse("[state]\ndir = \"/var/lib/zt\"\n[admin]\nlisten = \"127.0.0.1:9478\"\n")
+                .unwrap();
+        assert!(c.admin.token_generated);
+        assert_eq!(
+            c.admin.token_file,
+            Some(PathBuf::from("/var/lib/zt/admin.token"))
+        );
+        let e = Config::parse("[admin]\ntls_cert = \"/c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give both or neither"), "{e}");
+    }
 
     #[test]
     fn embedded_default_is_valid_and_attaches_to_lo_in_skb_mode() {

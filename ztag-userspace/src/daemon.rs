@@ -175,7 +175,7 @@ type AuthzParts = (
 
 /// The FGA side: the embedded stores (loaded from the state DB), and the
 /// engine route policies ask (the configured store, or a remote OpenFGA).
-fn start_authz(config: &Config) -> Result<AuthzParts> {
+fn start_authz(config: &Config, registry: &prometheus::Registry) -> Result<AuthzParts> {
     use crate::authz::{
         config::AuthzConfig,
         remote::{Decider, RemoteFga},
@@ -227,7 +227,11 @@ fn start_authz(config: &Config) -> Result<AuthzParts> {
             Decider::Embedded(s)
         }
         AuthzConfig::Remote(r) => {
-            Decider::Remote(Arc::new(RemoteFga::new(r).map_err(|e| anyhow::anyhow!(e))?))
+            let remote = RemoteFga::new(r).map_err(|e| anyhow::anyhow!(e))?;
+            remote
+                .register(registry)
+                .map_err(|e| anyhow::anyhow!("registering authz cache metrics: {e}"))?;
+            Decider::Remote(Arc::new(remote))
         }
     };
     Ok((Some(authz), Some(Arc::new(decider))))
@@ -252,7 +256,7 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     let authn = Authn::build(&config.authn, &config.base_dir, metrics.registry())
         .await
         .map_err(StartError)?;
-    let (authz, decider) = start_authz(&config)?;
+    let (authz, decider) = start_authz(&config, metrics.registry())?;
     let inspector = Arc::new(
         crate::inspect::Inspector::new(config.inspect.clone(), metrics.registry())
             .map_err(|e| StartError(vec![format!("{e:#}")]))?,
@@ -333,6 +337,7 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         authz,
         agent: Some(agent.clone()),
         risk: risk.clone(),
+        hits: Default::default(),
     });
     if let (Some(r), Some(rx)) = (&risk, block_orders) {
         start_risk_blocks(r.clone(), rx, shared.clone());
@@ -345,21 +350,58 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;
     tokio::spawn(admin::serve(listener, shared.clone()));
     info!(socket = %config.admin.socket.display(), "admin API listening");
-    if let (Some(addr), Some(token_file)) = (config.admin.listen, &config.admin.token_file) {
-        let token = std::fs::read_to_string(token_file)
-            .with_context(|| format!("reading admin.token_file {}", token_file.display()))?;
-        let token = token.trim();
-        if token.len() < 16 {
-            bail!(
-                "admin.token_file {}: the token must be at least 16 characters",
-                token_file.display()
-            );
-        }
+    let series = Arc::new(admin::overview::Series::default());
+    tokio::spawn(admin::overview::run(
+        series.clone(),
+        metrics.registry().clone(),
+        shared.clone(),
+    ));
+    if let Some(addr) = config.admin.listen {
+        let token = match &config.admin.token_file {
+            None => None,
+            Some(token_file) => {
+                if config.admin.token_generated && !token_file.exists() {
+                    admin::ui::write_new_token(token_file).with_context(|| {
+                        format!("creating the admin token file {}", token_file.display())
+                    })?;
+                    info!(file = %token_file.display(), "created an admin token for the dashboard");
+                }
+                let token = std::fs::read_to_string(token_file).with_context(|| {
+                    format!("reading admin.token_file {}", token_file.display())
+                })?;
+                let token = token.trim();
+                if token.len() < 16 {
+                    bail!(
+                        "admin.token_file {}: the token must be at least 16 characters",
+                        token_file.display()
+                    );
+                }
+                Some(Arc::from(token))
+            }
+        };
+        let tls = match &config.admin.tls {
+            None => None,
+            Some(t) => {
+                let sc = crate::proxy::tls::server_config(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut sc = (*sc).clone();
+                sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(sc)))
+            }
+        };
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding admin.listen {addr}"))?;
-        tokio::spawn(admin::serve_tcp(l, Arc::from(token), shared.clone()));
-        info!(%addr, "admin API (OpenFGA-compatible, token required) listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let dash = Arc::new(admin::ui::Dashboard::new(token, series.clone(), &config));
+        tokio::spawn(admin::ui::serve(l, tls, dash, shared.clone()));
+        match &config.admin.token_file {
+            Some(f) => {
+                info!(%addr, token_file = %f.display(), "admin dashboard on {scheme}://{addr}/ (log in with the token in the file; the OpenFGA-compatible API takes it as a bearer token)")
+            }
+            None => {
+                info!(%addr, "admin dashboard on {scheme}://{addr}/ (client certificate required)")
+            }
+        }
     }
 
     if let Some(addr) = config.metrics.listen {
@@ -459,6 +501,7 @@ fn start_risk_blocks(
             &AddSpec {
                 ttl: Some(o.ttl),
                 reason: Some(o.reason),
+                origin: crate::state::Origin::Risk,
             },
         )
         .map(|_| ())
@@ -561,8 +604,11 @@ async fn read_events(
                 time_ms: now - (boot.saturating_sub(ev.time_ns) / 1_000_000) as i64,
             };
             debug!(source = %view.source, interface = %view.interface, reason = %view.reason, "drop");
-            if let (Some(r), Some(ip)) = (&shared.risk, addr_from_event(ev.family, ev.addr)) {
-                r.observe(ip, None, None, crate::risk::engine::Kind::XdpDrop);
+            if let Some(ip) = addr_from_event(ev.family, ev.addr) {
+                shared.hits.record(reason, ip);
+                if let Some(r) = &shared.risk {
+                    r.observe(ip, None, None, crate::risk::engine::Kind::XdpDrop);
+                }
             }
             if recent.len() == RECENT_EVENTS {
                 recent.pop_front();

@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod client;
+pub mod overview;
+pub mod ui;
 
 use std::{
     collections::VecDeque,
@@ -63,6 +65,8 @@ pub struct Shared {
     pub agent: Option<Arc<crate::agent::Agent>>,
     /// The risk engine (`/v1/risk/top`, `/v1/risk/decisions`).
     pub risk: Option<Arc<crate::risk::engine::Engine>>,
+    /// Sampled XDP drops per source (the dashboard's hit counts).
+    pub hits: ui::Hits,
 }
 
 /// One counter row of `GET /v1/stats`.
@@ -249,60 +253,6 @@ async fn fga(req: Request<Incoming>, shared: &Shared) -> Resp {
     }
 }
 
-/// Serves the admin API on TCP (`admin.listen`): every request must carry
-/// `Authorization: Bearer <admin token>`; only the FGA API and health are
-/// offered here (the blocklist stays on the root-only Unix socket).
-pub async fn serve_tcp(listener: tokio::net::TcpListener, token: Arc<str>, shared: Arc<Shared>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("admin listener accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        let token = token.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                let token = token.clone();
-                async move {
-                    let presented = req
-                        .headers()
-                        .get(hyper::header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .unwrap_or("");
-                    if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-                        let mut r = error(StatusCode::UNAUTHORIZED, "admin token required");
-                        r.headers_mut().insert(
-                            hyper::header::WWW_AUTHENTICATE,
-                            hyper::header::HeaderValue::from_static("Bearer realm=\"ztag-admin\""),
-                        );
-                        return Ok::<_, hyper::Error>(r);
-                    }
-                    let path = req.uri().path();
-                    if path == "/stores" || path.starts_with("/stores/") {
-                        Ok(fga(req, &shared).await)
-                    } else if path == "/v1/health" {
-                        handle(req, shared).await
-                    } else {
-                        Ok(error(StatusCode::NOT_FOUND, "not found"))
-                    }
-                }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!("admin connection: {e}");
-            }
-        });
-    }
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -356,6 +306,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
                     let spec = AddSpec {
                         ttl: a.ttl_secs.map(Duration::from_secs),
                         reason: a.reason,
+                        origin: crate::state::Origin::Cli,
                     };
                     let r = lock(&shared).and_then(|mut e| e.add(k, &a.cidr, &spec));
                     match r {
@@ -412,7 +363,17 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
             let started = std::time::Instant::now();
             let shared2 = shared.clone();
             let r = tokio::task::spawn_blocking(move || {
-                lock(&shared2).and_then(|mut e| e.import(k, &text, &AddSpec { ttl, reason }))
+                lock(&shared2).and_then(|mut e| {
+                    e.import(
+                        k,
+                        &text,
+                        &AddSpec {
+                            ttl,
+                            reason,
+                            origin: crate::state::Origin::Cli,
+                        },
+                    )
+                })
             })
             .await;
             match r {

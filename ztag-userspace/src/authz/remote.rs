@@ -57,6 +57,9 @@ pub struct RemoteFga {
     http: reqwest::Client,
     auth: Auth,
     cache: Option<moka::sync::Cache<String, bool>>,
+    /// `ztag_authz_cache_total{result}`: hits, misses.
+    cache_lookups: [prometheus::IntCounter; 2],
+    cache_metric: prometheus::IntCounterVec,
 }
 
 fn read_secret(path: &std::path::Path, what: &str) -> Result<String, String> {
@@ -144,12 +147,33 @@ impl RemoteFga {
                 .time_to_live(cfg.cache_ttl)
                 .build()
         });
+        let cache_metric = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "ztag_authz_cache_total",
+                "Remote FGA decision-cache lookups, by result (hit or miss).",
+            ),
+            &["result"],
+        )
+        .map_err(|e| e.to_string())?;
         Ok(RemoteFga {
             cfg: cfg.clone(),
             http,
             auth,
             cache,
+            cache_lookups: [
+                cache_metric.with_label_values(&["hit"]),
+                cache_metric.with_label_values(&["miss"]),
+            ],
+            cache_metric,
         })
+    }
+
+    /// Registers `ztag_authz_cache_total` (when the cache is on).
+    pub fn register(&self, r: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        if self.cache.is_some() {
+            r.register(Box::new(self.cache_metric.clone()))?;
+        }
+        Ok(())
     }
 
     async fn bearer(&self) -> Result<Option<String>, RemoteError> {
@@ -244,10 +268,12 @@ impl RemoteFga {
                 .map(|c| Value::Object(c.clone()).to_string())
                 .unwrap_or_default()
         );
-        if let Some(c) = &self.cache
-            && let Some(v) = c.get(&key)
-        {
-            return Ok(v);
+        if let Some(c) = &self.cache {
+            if let Some(v) = c.get(&key) {
+                self.cache_lookups[0].inc();
+                return Ok(v);
+            }
+            self.cache_lookups[1].inc();
         }
         let fut = async {
             let mut body = json!({

@@ -25,7 +25,7 @@ pub mod headers;
 pub mod inspect;
 mod mcp;
 mod mcp_fed;
-mod metrics;
+pub(crate) mod metrics;
 pub mod normalize;
 pub mod route;
 pub mod tls;

@@ -188,6 +188,18 @@ impl KeyRef<'_> {
     }
 }
 
+/// The keys a request is limited or banned by: its source, the source's
+/// prefix and, when authenticated, its subject.
+fn request_keys(source: IpAddr, subject: Option<&str>) -> impl Iterator<Item = Key> {
+    [
+        Some(Key::Source(source)),
+        Some(Key::Prefix(prefix_of(source))),
+        subject.map(|s| Key::Subject(Arc::from(s))),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// The /24 (IPv4) or /64 (IPv6) around `ip`.
 pub fn prefix_of(ip: IpAddr) -> IpNet {
     let len = if ip.is_ipv4() { 24 } else { 64 };
@@ -338,6 +350,8 @@ pub struct TopRow {
     pub limited: bool,
     /// Blocked until (ms since the epoch), if blocked.
     pub blocked_until_ms: Option<i64>,
+    /// Banned by an operator until (ms since the epoch), if banned.
+    pub banned_until_ms: Option<i64>,
 }
 
 /// A block the daemon must apply.
@@ -369,6 +383,10 @@ pub struct Engine {
     decisions: Mutex<VecDeque<Decision>>,
     /// Keys rate-limited now (the per-request check is free while none is).
     limited_keys: std::sync::atomic::AtomicUsize,
+    /// Keys an operator banned at L7 (from the dashboard), until when.
+    bans: dashmap::DashMap<Key, Instant>,
+    /// `bans.len()`, read on every request without touching the map.
+    ban_count: std::sync::atomic::AtomicUsize,
     epoch: Instant,
     wall0: i64,
     /// `ztag_risk_observed_total` per kind, resolved once.
@@ -438,6 +456,8 @@ impl Engine {
             allow: arc_swap::ArcSwap::from_pointee(Vec::new()),
             decisions: Mutex::new(VecDeque::with_capacity(256)),
             limited_keys: std::sync::atomic::AtomicUsize::new(0),
+            bans: dashmap::DashMap::new(),
+            ban_count: std::sync::atomic::AtomicUsize::new(0),
             epoch: Instant::now(),
             wall0: crate::state::now_ms(),
             observed: Kind::ALL.map(|k| observed.with_label_values(&[k.as_str()])),
@@ -693,16 +713,16 @@ impl Engine {
     /// Whether this request must wait: `Some(retry_after)` when the source,
     /// its prefix or the subject is rate-limited and out of tokens.
     pub fn limited(&self, source: IpAddr, subject: Option<&str>) -> Option<Duration> {
+        if self.ban_count.load(Ordering::Relaxed) > 0
+            && let Some(left) = self.ban_left(source, subject)
+        {
+            return Some(left);
+        }
         if self.limited_keys.load(Ordering::Relaxed) == 0 || self.exempt(source) {
             return None;
         }
         let now = Instant::now();
-        let keys = [
-            Some(Key::Source(source)),
-            Some(Key::Prefix(prefix_of(source))),
-            subject.map(|s| Key::Subject(Arc::from(s))),
-        ];
-        for key in keys.into_iter().flatten() {
+        for key in request_keys(source, subject) {
             let Some(entry) = self.table.get(&key) else {
                 continue;
             };
@@ -734,6 +754,82 @@ impl Engine {
         None
     }
 
+    /// Time left on an operator's ban of the source, its prefix or the
+    /// subject (expired bans are dropped on the way).
+    fn ban_left(&self, source: IpAddr, subject: Option<&str>) -> Option<Duration> {
+        let now = Instant::now();
+        for key in request_keys(source, subject) {
+            let Some(until) = self.bans.get(&key).map(|u| *u) else {
+                continue;
+            };
+            if until > now {
+                return Some((until - now).max(Duration::from_secs(1)));
+            }
+            self.bans.remove(&key);
+            self.ban_count.store(self.bans.len(), Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// An operator's ban: every request of `key` (a source, prefix or
+    /// subject) is refused with 429 and `Retry-After` for `ttl`. Sources
+    /// are better blocked in XDP; this is for principals, which have no
+    /// address.
+    pub fn ban(&self, key: Key, ttl: Duration, by: &str) {
+        let score = self.score_of(&key);
+        self.bans.insert(key.clone(), Instant::now() + ttl);
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
+        info!(key = %key, ttl_s = ttl.as_secs(), by, "banned by an operator");
+        self.record(Decision {
+            time_ms: crate::state::now_ms(),
+            action: "ban",
+            key,
+            score,
+            ttl_s: Some(ttl.as_secs()),
+            reasons: vec![("operator", 1)],
+        });
+    }
+
+    /// Forgives a key: lifts an operator's ban and forgets its score,
+    /// events and rate limit. Returns whether there was anything to forget.
+    pub fn forgive(&self, key: &Key, by: &str) -> bool {
+        let score = self.score_of(key);
+        let banned = self.bans.remove(key).is_some();
+        self.ban_count.store(self.bans.len(), Ordering::Relaxed);
+        let tracked = match self.table.remove(key) {
+            Some(e) => {
+                if e.lock().unwrap_or_else(|p| p.into_inner()).limited {
+                    self.limited_keys.fetch_sub(1, Ordering::Relaxed);
+                }
+                true
+            }
+            None => false,
+        };
+        if banned || tracked {
+            info!(key = %key, by, "forgiven by an operator");
+            self.record(Decision {
+                time_ms: crate::state::now_ms(),
+                action: "forgive",
+                key: key.clone(),
+                score,
+                ttl_s: None,
+                reasons: vec![("operator", 1)],
+            });
+        }
+        banned || tracked
+    }
+
+    fn score_of(&self, key: &Key) -> f32 {
+        let now = Instant::now();
+        self.table
+            .get(key)
+            .map(|e| {
+                let e = e.lock().unwrap_or_else(|p| p.into_inner());
+                e.score * (-self.decay * now.duration_since(e.at).as_secs_f32()).exp()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// The riskiest tracked keys, highest score first.
     pub fn top(&self, limit: usize) -> Vec<TopRow> {
         let now = Instant::now();
@@ -752,6 +848,12 @@ impl Engine {
                     blocked_until_ms: e
                         .blocked_until
                         .filter(|u| *u > now && e.offences > 0)
+                        .map(|u| self.wall(u)),
+                    banned_until_ms: self
+                        .bans
+                        .get(&*k)
+                        .map(|u| *u)
+                        .filter(|u| *u > now)
                         .map(|u| self.wall(u)),
                 }
             })
@@ -856,6 +958,50 @@ mod tests {
         let row = top.iter().find(|r| r.key == Key::Source(a)).unwrap();
         assert_eq!(row.offences, 1);
         assert!(row.blocked_until_ms.is_some() && row.limited);
+    }
+
+    #[test]
+    fn operators_ban_and_forgive_principals() {
+        let (e, _rx) = engine(RiskConfig::default());
+        let a = ip("198.51.100.9");
+        for _ in 0..12 {
+            e.observe(a, Some("mallory"), None, Kind::AuthzDenied);
+        }
+        assert!(e.limited(ip("203.0.113.1"), Some("dave")).is_none());
+        e.ban(
+            Key::Subject(Arc::from("dave")),
+            Duration::from_secs(60),
+            "test",
+        );
+        // Any address, the subject's requests wait a minute.
+        let left = e.limited(ip("203.0.113.1"), Some("dave")).unwrap();
+        assert!(left > Duration::from_secs(50), "{left:?}");
+        assert!(e.limited(ip("203.0.113.1"), Some("erin")).is_none());
+        assert!(e.forgive(&Key::Subject(Arc::from("dave")), "test"));
+        assert!(e.limited(ip("203.0.113.1"), Some("dave")).is_none());
+        // Forgiving a tracked subject forgets its score.
+        assert!(
+            e.top(10)
+                .iter()
+                .any(|r| r.key == Key::Subject(Arc::from("mallory")))
+        );
+        assert!(e.forgive(&Key::Subject(Arc::from("mallory")), "test"));
+        assert!(
+            !e.top(10)
+                .iter()
+                .any(|r| r.key == Key::Subject(Arc::from("mallory")))
+        );
+        assert!(!e.forgive(&Key::Subject(Arc::from("nobody")), "test"));
+        let actions: Vec<&str> = e.decisions().iter().map(|d| d.action).collect();
+        assert!(
+            actions.contains(&"ban") && actions.contains(&"forgive"),
+            "{actions:?}"
+        );
+        // An expired ban lapses.
+        e.ban(Key::Source(a), Duration::from_millis(1), "test");
+        std::thread::sleep(Duration::from_millis(5));
+        e.forgive(&Key::Subject(Arc::from("x")), "test");
+        assert!(e.limited(ip("198.51.100.10"), None).is_none());
     }
 
     #[test]

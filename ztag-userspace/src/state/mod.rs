@@ -78,6 +78,45 @@ impl ListKind {
     }
 }
 
+/// Who put an entry in a list (shown in `ztag block list` and the
+/// dashboard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The CLI (or any other client of the admin socket).
+    #[default]
+    Cli,
+    /// The admin web dashboard.
+    Dashboard,
+    /// The daemon's risk engine.
+    Risk,
+    /// Another gateway of the fleet.
+    Fleet,
+}
+
+impl Origin {
+    /// The name stored in the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Origin::Cli => "cli",
+            Origin::Dashboard => "dashboard",
+            Origin::Risk => "risk",
+            Origin::Fleet => "fleet",
+        }
+    }
+
+    /// Parses [`Origin::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "cli" => Origin::Cli,
+            "dashboard" => Origin::Dashboard,
+            "risk" => Origin::Risk,
+            "fleet" => Origin::Fleet,
+            _ => return None,
+        })
+    }
+}
+
 /// One list entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -94,6 +133,8 @@ pub struct Entry {
     pub reason_id: u32,
     /// When the entry was added, ms since the epoch.
     pub created_at_ms: i64,
+    /// Who added it.
+    pub origin: Origin,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -119,6 +160,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, cidr)
      ) WITHOUT ROWID;
      CREATE INDEX entries_expiry ON entries (expires_at_ms) WHERE expires_at_ms IS NOT NULL;",
+    // 2: who added an entry (rows from before were added through the CLI,
+    // or by the risk engine for dynamic ones).
+    "ALTER TABLE entries ADD COLUMN origin TEXT NOT NULL DEFAULT 'cli';
+     UPDATE entries SET origin = 'risk' WHERE kind = 'dynamic';",
 ];
 
 /// The open database.
@@ -191,7 +236,7 @@ impl StateDb {
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Entry>, StateError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT e.kind, e.cidr, e.expires_at_ms, e.reason_id, r.text, e.created_at_ms
+            "SELECT e.kind, e.cidr, e.expires_at_ms, e.reason_id, r.text, e.created_at_ms, e.origin
                FROM entries e LEFT JOIN reasons r ON r.id = e.reason_id {filter}"
         ))?;
         let rows = stmt.query_map(args, |r| {
@@ -202,11 +247,12 @@ impl StateDb {
                 r.get::<_, u32>(3)?,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (k, cidr, expires_at_ms, reason_id, reason, created_at_ms) = row?;
+            let (k, cidr, expires_at_ms, reason_id, reason, created_at_ms, origin) = row?;
             out.push(to_entry(
                 k,
                 cidr,
@@ -214,6 +260,7 @@ impl StateDb {
                 reason_id,
                 reason,
                 created_at_ms,
+                &origin,
             )?);
         }
         Ok(out)
@@ -243,6 +290,7 @@ fn to_entry(
     reason_id: u32,
     reason: Option<String>,
     created_at_ms: i64,
+    origin: &str,
 ) -> Result<Entry, StateError> {
     let corrupt = |why: String| StateError::Corrupt {
         kind: kind.clone(),
@@ -251,6 +299,8 @@ fn to_entry(
     };
     let k = ListKind::parse(&kind).ok_or_else(|| corrupt("unknown list".into()))?;
     let net: IpNet = cidr.parse().map_err(|e| corrupt(format!("{e}")))?;
+    let origin =
+        Origin::parse(origin).ok_or_else(|| corrupt(format!("unknown origin {origin:?}")))?;
     Ok(Entry {
         kind: k,
         cidr: net,
@@ -258,6 +308,7 @@ fn to_entry(
         reason,
         reason_id,
         created_at_ms,
+        origin,
     })
 }
 
@@ -288,15 +339,16 @@ impl Writer {
             .optional()?
             .is_some();
         tx.prepare_cached(
-            "INSERT OR REPLACE INTO entries (kind, cidr, expires_at_ms, reason_id, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO entries (kind, cidr, expires_at_ms, reason_id, created_at_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             e.kind.as_str(),
             e.cidr.to_string(),
             e.expires_at_ms,
             e.reason_id,
-            e.created_at_ms
+            e.created_at_ms,
+            e.origin.as_str()
         ])?;
         Ok(!existed)
     }
@@ -309,10 +361,11 @@ impl Writer {
         rows: &[(IpNet, u32)],
         expires_at_ms: Option<i64>,
         created_at_ms: i64,
+        origin: Origin,
     ) -> Result<(), StateError> {
         let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO entries (kind, cidr, expires_at_ms, reason_id, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO entries (kind, cidr, expires_at_ms, reason_id, created_at_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut text = String::with_capacity(43);
         for (net, reason_id) in rows {
@@ -324,7 +377,8 @@ impl Writer {
                 text,
                 expires_at_ms,
                 reason_id,
-                created_at_ms
+                created_at_ms,
+                origin.as_str()
             ])?;
         }
         Ok(())
@@ -380,6 +434,7 @@ mod tests {
             reason: None,
             reason_id: 0,
             created_at_ms: 1,
+            origin: Origin::Cli,
         }
     }
 

@@ -12,7 +12,7 @@ use tracing::info;
 use ztag_common::{XdpConfig, config_flags as cf};
 
 use super::{MapList, Plane, XdpError, boottime_ns, cidr, expiry_to_boot_ns};
-use crate::state::{Entry, ListKind, StateDb, StateError, Writer, now_ms};
+use crate::state::{Entry, ListKind, Origin, StateDb, StateError, Writer, now_ms};
 
 /// Errors of list operations, each mapped to one admin API status.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ pub struct EntryView {
     pub reason: Option<String>,
     /// When it was added (ms since the epoch).
     pub created_at_ms: i64,
+    /// Who added it: "cli", "dashboard", "risk" or "fleet".
+    #[serde(default)]
+    pub origin: Origin,
 }
 
 impl EntryView {
@@ -73,6 +76,7 @@ impl EntryView {
                 .map(|x| ((x - now).max(0) as u64).div_ceil(1000)),
             reason: e.reason.clone(),
             created_at_ms: e.created_at_ms,
+            origin: e.origin,
         }
     }
 }
@@ -185,6 +189,8 @@ pub struct AddSpec {
     pub ttl: Option<Duration>,
     /// Free-text reason.
     pub reason: Option<String>,
+    /// Who adds it.
+    pub origin: Origin,
 }
 
 /// Longest reason text accepted.
@@ -329,6 +335,7 @@ impl Enforcer {
             reason: spec.reason.clone(),
             reason_id,
             created_at_ms: now,
+            origin: spec.origin,
         };
         let new = Writer::upsert(&tx, &e)?;
         if new {
@@ -426,7 +433,7 @@ impl Enforcer {
             };
             rows.push((net, reason_id));
         }
-        Writer::bulk_upsert(&tx, kind, &rows, expires_at_ms, now)?;
+        Writer::bulk_upsert(&tx, kind, &rows, expires_at_ms, now, spec.origin)?;
         // Flags before entries: never skip a lookup for an entry already in.
         let before = self.counts;
         let mut provisional = self.counts;
