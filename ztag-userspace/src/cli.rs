@@ -90,6 +90,9 @@ pub enum Command {
     /// The risk engine: the riskiest sources and principals, its decisions.
     #[command(subcommand)]
     Risk(RiskCmd),
+    /// Fleet mode: this gateway's link to the fleet's Redis.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// A live view: kernel drops per second by reason, the busiest and the
     /// riskiest sources and principals, the latest decisions, pending
     /// approvals.
@@ -151,6 +154,17 @@ pub enum RiskCmd {
     /// The latest decisions (rate limits, blocks) with their reasons.
     Decisions {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `ztag fleet`.
+#[derive(Debug, Subcommand)]
+pub enum FleetCmd {
+    /// Connected or degraded, last sync, lag, queued changes, peers seen.
+    Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -286,6 +300,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Approvals(cmd) => agent::approvals(&client, cmd).await,
         Command::Audit { kind, limit, json } => agent::audit(&client, kind, limit, json).await,
         Command::Risk(cmd) => risk_cmd(&client, cmd).await,
+        Command::Fleet(FleetCmd::Status { json }) => fleet_status(&client, json).await,
         Command::Top {
             interval,
             limit,
@@ -480,6 +495,58 @@ async fn list_cmd(client: &AdminClient, kind: &str, cmd: ListCmd) -> Result<()> 
                 r.imported, r.elapsed_ms
             );
         }
+    }
+    Ok(())
+}
+
+async fn fleet_status(client: &AdminClient, json: bool) -> Result<()> {
+    let s: crate::fleet::Status = client.get("/v1/fleet").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let ago = |ms: i64| {
+        let d = Duration::from_millis((crate::state::now_ms() - ms).max(0) as u64);
+        format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        )
+    };
+    println!("node        {}", s.node);
+    println!("redis       {}", s.redis);
+    match (s.connected, s.degraded_since_ms) {
+        (true, _) => println!("state       connected"),
+        (false, Some(t)) => println!("state       DEGRADED since {}", ago(t)),
+        (false, None) => println!("state       DEGRADED"),
+    }
+    println!(
+        "last sync   {}",
+        s.last_sync_ms.map(ago).unwrap_or_else(|| "never".into())
+    );
+    println!(
+        "lag         {}",
+        s.lag_ms
+            .map(|l| format!("{l} ms (latest change from a peer)"))
+            .unwrap_or_else(|| "-".into())
+    );
+    println!("queued      {} change(s) waiting for Redis", s.queued);
+    println!("sent        {}    applied {}", s.sent, s.applied);
+    println!(
+        "rate limits {} decided in Redis, {} locally (Redis too slow or away)",
+        s.rate_limits_redis, s.rate_limits_fallback
+    );
+    if let Some(e) = &s.last_error {
+        println!("last error  {e}");
+    }
+    println!("peers       {}", s.peers.len());
+    for p in &s.peers {
+        println!(
+            "  {:<24} seen {:<12} queued {:<6} v{}",
+            p.node,
+            ago(p.seen_ms),
+            p.queued,
+            p.version
+        );
     }
     Ok(())
 }

@@ -78,6 +78,8 @@ pub struct Config {
     pub agent: crate::agent::AgentConfig,
     /// The risk engine's score model.
     pub risk: crate::risk::config::RiskConfig,
+    /// Fleet mode (`[fleet] redis = ...`); `None`: this gateway alone.
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// Directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
     /// The configuration text as loaded, for the dashboard's read-only view
@@ -171,6 +173,8 @@ struct RawConfig {
     agent: crate::agent::RawAgent,
     #[serde(default)]
     risk: crate::risk::config::RawRisk,
+    #[serde(default)]
+    fleet: crate::fleet::RawFleet,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -328,6 +332,7 @@ impl Config {
             inspect,
             agent,
             risk,
+            fleet,
         } = raw;
 
         let RawXdp {
@@ -493,6 +498,7 @@ impl Config {
         let gateway = gateway.validate(base, &authn.provider_names(), &mut problems);
         let agent = agent.validate(base, &mut problems);
         let risk = risk.validate(&mut problems);
+        let fleet = fleet.check(&mut problems);
         for (i, r) in gateway.routes.iter().enumerate() {
             if let Some(c) = &r.credential
                 && agent.connection(c).is_none()
@@ -541,6 +547,7 @@ impl Config {
             inspect,
             agent,
             risk,
+            fleet,
             base_dir: base.to_path_buf(),
             text: redacted(text).into(),
         })

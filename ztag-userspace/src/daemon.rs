@@ -309,6 +309,13 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             }
         });
     }
+    let fleet = match &config.fleet {
+        Some(fc) => Some(
+            crate::fleet::Fleet::new(fc.clone(), metrics.registry())
+                .map_err(|e| StartError(vec![format!("{e:#}")]))?,
+        ),
+        None => None,
+    };
     let gateway = Gateway::new(
         &config.gateway,
         crate::proxy::Deps {
@@ -318,13 +325,18 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             events: Some(risk_events),
             agent: Some(agent.clone()),
             risk: risk.clone(),
+            fleet: fleet.clone().filter(|f| f.config().global_rate_limits),
         },
         metrics.registry(),
     )?;
     let bound = gateway.bind()?;
 
     let (enforcer, interfaces, events) = if config.xdp.enabled {
-        let k = start_kernel(&config)?;
+        let mut k = start_kernel(&config)?;
+        if let Some(f) = &fleet {
+            k.enforcer
+                .set_outbox(f.config().queue_max, f.notify.clone());
+        }
         (Some(Mutex::new(k.enforcer)), k.interfaces, k.events)
     } else {
         info!("xdp.enabled = false: running the gateway without the kernel plane");
@@ -338,7 +350,11 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         agent: Some(agent.clone()),
         risk: risk.clone(),
         hits: Default::default(),
+        fleet: fleet.clone(),
     });
+    if let Some(f) = &fleet {
+        tokio::spawn(f.clone().run(shared.clone()));
+    }
     if let (Some(r), Some(rx)) = (&risk, block_orders) {
         start_risk_blocks(r.clone(), rx, shared.clone());
     }

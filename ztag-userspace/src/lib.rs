@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;

@@ -67,6 +67,8 @@ pub struct Shared {
     pub risk: Option<Arc<crate::risk::engine::Engine>>,
     /// Sampled XDP drops per source (the dashboard's hit counts).
     pub hits: ui::Hits,
+    /// Fleet mode (`/v1/fleet`).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// One counter row of `GET /v1/stats`.
@@ -185,7 +187,7 @@ fn list_error(e: ListError) -> Resp {
         ListError::BadInput(_) | ListError::BadLines(_) => StatusCode::BAD_REQUEST,
         ListError::NotFound(..) => StatusCode::NOT_FOUND,
         ListError::State(_) | ListError::Xdp(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        ListError::Disabled => StatusCode::SERVICE_UNAVAILABLE,
+        ListError::Disabled | ListError::FleetQueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         warn!("admin request failed: {e}");
@@ -413,6 +415,22 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, hyp
                     "decisions" => json(StatusCode::OK, &r.decisions()),
                     _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
                 }
+            }
+        },
+        (Method::GET, ["v1", "fleet"]) => match &shared.fleet {
+            None => error(
+                StatusCode::NOT_FOUND,
+                "fleet mode is off (no [fleet] redis = ... in the config)",
+            ),
+            Some(f) => {
+                let mut s = f.status();
+                // The outbox as it is now, not as the sender last saw it.
+                if let Ok(e) = lock(&shared)
+                    && let Ok(n) = e.outbox_len()
+                {
+                    s.queued = n;
+                }
+                json(StatusCode::OK, &s)
             }
         },
         (Method::GET, ["v1", "stats"]) => match stats(&shared) {

@@ -133,6 +133,7 @@ struct RawRoute {
 struct RawRateLimit {
     per_source: Option<String>,
     per_principal: Option<String>,
+    per_route: Option<String>,
     burst: Option<f64>,
 }
 
@@ -152,6 +153,8 @@ pub struct RouteRateLimit {
     pub per_source: Option<Rate>,
     /// Per authenticated subject.
     pub per_principal: Option<Rate>,
+    /// For the route as a whole, whoever calls.
+    pub per_route: Option<Rate>,
 }
 
 /// Parses `N/s`, `N/m` or `N/h`.
@@ -882,6 +885,7 @@ impl RawGateway {
                     let rl = RouteRateLimit {
                         per_source: one("per_source", &r.per_source, problems),
                         per_principal: one("per_principal", &r.per_principal, problems),
+                        per_route: one("per_route", &r.per_route, problems),
                     };
                     if rl.per_principal.is_some() && public {
                         problems.push(format!(

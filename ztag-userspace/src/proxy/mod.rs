@@ -355,6 +355,7 @@ pub struct Gateway {
     agent: Option<Arc<crate::agent::Agent>>,
     fed_sessions: mcp_fed::Sessions,
     risk: Option<Arc<crate::risk::engine::Engine>>,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Static per-route token buckets: (route, key) → (tokens, last refill).
     buckets: moka::sync::Cache<(usize, BucketKey), Bucket>,
     tracer: Option<trace::Tracer>,
@@ -480,6 +481,7 @@ type Bucket = Arc<std::sync::Mutex<(f64, Instant)>>;
 enum BucketKey {
     Source(IpAddr),
     Principal(Arc<str>),
+    Route,
 }
 
 /// What the gateway's phases call on.
@@ -496,6 +498,8 @@ pub struct Deps {
     pub agent: Option<Arc<crate::agent::Agent>>,
     /// The risk engine.
     pub risk: Option<Arc<crate::risk::engine::Engine>>,
+    /// Fleet mode with global rate limits: route limits count in Redis.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Holds one connection slot (total and per source) until dropped.
@@ -530,6 +534,7 @@ impl Gateway {
             events,
             agent,
             risk,
+            fleet,
         } = deps;
         let mut problems = Vec::new();
         if authz.is_none()
@@ -666,6 +671,7 @@ impl Gateway {
             agent,
             fed_sessions: mcp_fed::sessions(),
             risk,
+            fleet,
             buckets: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(Duration::from_secs(600))
@@ -1055,8 +1061,11 @@ impl Gateway {
         let (ri, route) = route::find(&self.cfg.routes, &host_l, &path, &parts.method)
             .ok_or(ProxyError::NoRoute)?;
         rec.route = Some(ri);
+        if let Some(r) = route.rate_limit.per_route {
+            self.take(ri, BucketKey::Route, r).await?;
+        }
         if let Some(r) = route.rate_limit.per_source {
-            self.take(ri, BucketKey::Source(conn.peer.ip()), r)?;
+            self.take(ri, BucketKey::Source(conn.peer.ip()), r).await?;
         }
 
         // authenticate: the route's providers, then its requirements.
@@ -1080,7 +1089,8 @@ impl Gateway {
                 return Err(ProxyError::RateLimited(wait));
             }
             if let Some(r) = route.rate_limit.per_principal {
-                self.take(ri, BucketKey::Principal(Arc::from(p.subject.as_str())), r)?;
+                self.take(ri, BucketKey::Principal(Arc::from(p.subject.as_str())), r)
+                    .await?;
             }
             if let Some(m) = &route.mcp
                 && !m.audience_ok(&p.claims)
@@ -1547,8 +1557,31 @@ impl Gateway {
         ))
     }
 
-    /// One token of a route's static rate limit, or 429 with the wait.
-    fn take(&self, route: usize, key: BucketKey, r: config::Rate) -> Result<(), ProxyError> {
+    /// One token of a route's rate limit, or 429 with the wait: in Redis
+    /// across the fleet when fleet mode shares limits, else (or when Redis
+    /// does not answer in time) from the local bucket.
+    async fn take(&self, route: usize, key: BucketKey, r: config::Rate) -> Result<(), ProxyError> {
+        if let Some(f) = &self.fleet {
+            let name = &self.cfg.routes[route].name;
+            let k = match &key {
+                BucketKey::Source(ip) => format!("{name}:src:{ip}"),
+                BucketKey::Principal(s) => format!("{name}:sub:{s}"),
+                BucketKey::Route => format!("{name}:route"),
+            };
+            match f.take(&k, r.per_sec, r.burst).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => {
+                    return Err(ProxyError::RouteRateLimited(
+                        wait.max(Duration::from_secs(1)),
+                    ));
+                }
+                Err(()) => {} // the local budget decides
+            }
+        }
+        self.take_local(route, key, r)
+    }
+
+    fn take_local(&self, route: usize, key: BucketKey, r: config::Rate) -> Result<(), ProxyError> {
         let b = self.buckets.get_with((route, key), || {
             Arc::new(std::sync::Mutex::new((r.burst, Instant::now())))
         });

@@ -164,7 +164,95 @@ const MIGRATIONS: &[&str] = &[
     // or by the risk engine for dynamic ones).
     "ALTER TABLE entries ADD COLUMN origin TEXT NOT NULL DEFAULT 'cli';
      UPDATE entries SET origin = 'risk' WHERE kind = 'dynamic';",
+    // 3: fleet mode's outbox: list changes made here, written in the same
+    // transaction as the change, deleted once Redis has them.
+    "CREATE TABLE fleet_outbox (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        record TEXT NOT NULL
+     );",
 ];
+
+/// A list change as the fleet shares it (JSON in Redis and in the outbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRecord {
+    /// The list.
+    pub kind: ListKind,
+    /// The prefix, canonical.
+    pub cidr: String,
+    /// `add` or `del`.
+    pub op: FleetOp,
+    /// Wall-clock expiry of an add, ms since the epoch.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
+    /// The reason of an add.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who made the change where it was made.
+    pub origin: Origin,
+    /// The gateway that made it (filled in when it leaves the outbox).
+    #[serde(default)]
+    pub node: String,
+    /// When, microseconds since the epoch: the last writer wins, a removal
+    /// wins a tie.
+    pub ts_us: i64,
+}
+
+/// What a [`FleetRecord`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetOp {
+    /// The entry is (or stays) in the list.
+    Add,
+    /// The entry is removed.
+    Del,
+}
+
+impl FleetRecord {
+    /// A change made on this gateway (the node is filled in when it is
+    /// sent).
+    pub fn local(
+        kind: ListKind,
+        cidr: String,
+        op: FleetOp,
+        expires_at_ms: Option<i64>,
+        reason: Option<String>,
+        origin: Origin,
+        ts_us: i64,
+    ) -> FleetRecord {
+        FleetRecord {
+            kind,
+            cidr,
+            op,
+            expires_at_ms,
+            reason,
+            origin,
+            node: String::new(),
+            ts_us,
+        }
+    }
+
+    /// The Redis hash field: `kind|cidr`.
+    pub fn field(&self) -> String {
+        format!("{}|{}", self.kind.as_str(), self.cidr)
+    }
+
+    /// Whether this record replaces `other` for the same entry: later
+    /// timestamp, or the same one and this is a removal (and the other is
+    /// not), or, for equal timestamps and ops, the greater node name (so
+    /// every gateway picks the same one).
+    pub fn supersedes(&self, other: &FleetRecord) -> bool {
+        (self.ts_us, self.op == FleetOp::Del, &self.node)
+            > (other.ts_us, other.op == FleetOp::Del, &other.node)
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
 
 /// The open database.
 pub struct StateDb {
@@ -222,6 +310,16 @@ impl StateDb {
         )
     }
 
+    /// One entry, if stored.
+    pub fn get(&self, kind: ListKind, cidr: &IpNet) -> Result<Option<Entry>, StateError> {
+        Ok(self
+            .select(
+                "WHERE e.kind = ?1 AND e.cidr = ?2",
+                params![kind.as_str(), cidr.to_string()],
+            )?
+            .pop())
+    }
+
     /// Entries whose expiry is at or before `now_ms`.
     pub fn expired(&self, now_ms: i64) -> Result<Vec<Entry>, StateError> {
         self.select(
@@ -264,6 +362,54 @@ impl StateDb {
             )?);
         }
         Ok(out)
+    }
+
+    /// The oldest `limit` outbox records, with their ids.
+    pub fn outbox_peek(&self, limit: usize) -> Result<Vec<(i64, FleetRecord)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, record FROM fleet_outbox ORDER BY id LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            match serde_json::from_str(&text) {
+                Ok(rec) => out.push((id, rec)),
+                // Unreadable: nothing can send it; drop it rather than
+                // block the queue behind it.
+                Err(e) => {
+                    tracing::warn!(id, "fleet outbox: dropping an unreadable record: {e}");
+                    self.conn
+                        .prepare_cached("DELETE FROM fleet_outbox WHERE id = ?1")?
+                        .execute(params![id])?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes outbox records once Redis has them.
+    pub fn outbox_ack(&mut self, ids: &[i64]) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM fleet_outbox WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute(params![id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records waiting in the outbox.
+    pub fn outbox_len(&self) -> Result<u64, StateError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM fleet_outbox")?
+            .query_row([], |r| r.get::<_, i64>(0))?
+            .max(0) as u64)
     }
 
     /// Number of entries per list.
@@ -351,6 +497,26 @@ impl Writer {
             e.origin.as_str()
         ])?;
         Ok(!existed)
+    }
+
+    /// Queues a change for the fleet (same transaction as the change).
+    pub fn outbox_push(tx: &Transaction<'_>, rec: &FleetRecord) -> Result<(), StateError> {
+        let text = serde_json::to_string(rec).map_err(|e| StateError::Corrupt {
+            kind: rec.kind.as_str().into(),
+            cidr: rec.cidr.clone(),
+            why: format!("fleet record: {e}"),
+        })?;
+        tx.prepare_cached("INSERT INTO fleet_outbox (record) VALUES (?1)")?
+            .execute(params![text])?;
+        Ok(())
+    }
+
+    /// Outbox records now (inside a transaction).
+    pub fn outbox_len(tx: &Transaction<'_>) -> Result<u64, StateError> {
+        Ok(tx
+            .prepare_cached("SELECT COUNT(*) FROM fleet_outbox")?
+            .query_row([], |r| r.get::<_, i64>(0))?
+            .max(0) as u64)
     }
 
     /// Inserts or replaces many entries of one list with one prepared

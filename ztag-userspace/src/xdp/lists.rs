@@ -12,7 +12,9 @@ use tracing::info;
 use ztag_common::{XdpConfig, config_flags as cf};
 
 use super::{MapList, Plane, XdpError, boottime_ns, cidr, expiry_to_boot_ns};
-use crate::state::{Entry, ListKind, Origin, StateDb, StateError, Writer, now_ms};
+use crate::state::{
+    Entry, FleetOp, FleetRecord, ListKind, Origin, StateDb, StateError, Writer, now_ms, now_us,
+};
 
 /// Errors of list operations, each mapped to one admin API status.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,12 @@ pub enum ListError {
         "the kernel plane is disabled on this gateway (xdp.enabled = false): no lists to manage"
     )]
     Disabled,
+    /// Fleet mode: Redis has been away so long that the outbox is full
+    /// (503); the change was not made.
+    #[error(
+        "the fleet outbox is full ({0} changes wait for Redis): change refused, nothing was applied"
+    )]
+    FleetQueueFull(u64),
 }
 
 impl From<rusqlite::Error> for ListError {
@@ -180,6 +188,10 @@ pub struct Enforcer {
     plane: Plane,
     counts: Counts,
     base: XdpConfig,
+    /// Fleet mode: local changes are queued for Redis, up to this many.
+    outbox: Option<u64>,
+    /// Woken after a change was queued (the fleet's sender).
+    queued: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// How an entry is to be added.
@@ -238,7 +250,77 @@ impl Enforcer {
             plane,
             counts: Counts::default(),
             base,
+            outbox: None,
+            queued: None,
         }
+    }
+
+    /// Fleet mode: from now on, changes not from the fleet are queued in
+    /// the state DB's outbox (at most `max`) in the same transaction.
+    pub fn set_outbox(&mut self, max: u64, notify: std::sync::Arc<tokio::sync::Notify>) {
+        self.outbox = Some(max);
+        self.queued = Some(notify);
+    }
+
+    /// After a commit: wakes the fleet's sender if the change was queued.
+    fn wake(&self, origin: Origin) {
+        if origin != Origin::Fleet
+            && let Some(n) = &self.queued
+        {
+            n.notify_one();
+        }
+    }
+
+    /// Queues a change for the fleet, if fleet mode is on and the change is
+    /// not the fleet's own. A full outbox refuses the change, except the
+    /// risk engine's (it applies here only, with a warning).
+    fn queue(
+        outbox: Option<u64>,
+        tx: &rusqlite::Transaction<'_>,
+        rec: FleetRecord,
+    ) -> Result<(), ListError> {
+        let Some(max) = outbox else {
+            return Ok(());
+        };
+        if rec.origin == Origin::Fleet {
+            return Ok(());
+        }
+        let n = Writer::outbox_len(tx)?;
+        if n >= max {
+            if rec.origin == Origin::Risk {
+                tracing::warn!(cidr = %rec.cidr, queued = n, "fleet outbox full: a risk decision applies on this gateway only");
+                return Ok(());
+            }
+            return Err(ListError::FleetQueueFull(n));
+        }
+        Writer::outbox_push(tx, &rec)?;
+        Ok(())
+    }
+
+    /// Outbox records waiting for Redis, oldest first.
+    pub fn outbox_peek(&self, limit: usize) -> Result<Vec<(i64, FleetRecord)>, ListError> {
+        Ok(self.db.outbox_peek(limit)?)
+    }
+
+    /// Drops outbox records Redis has.
+    pub fn outbox_ack(&mut self, ids: &[i64]) -> Result<(), ListError> {
+        Ok(self.db.outbox_ack(ids)?)
+    }
+
+    /// Records waiting for Redis.
+    pub fn outbox_len(&self) -> Result<u64, ListError> {
+        Ok(self.db.outbox_len()?)
+    }
+
+    /// The stored entry for a prefix, if any (expired or not).
+    pub fn entry(&self, kind: ListKind, cidr_text: &str) -> Result<Option<Entry>, ListError> {
+        let net = cidr::parse_cidr(cidr_text).map_err(|e| ListError::BadInput(e.to_string()))?;
+        Ok(self.db.get(kind, &net)?)
+    }
+
+    /// Every stored entry, expired ones included (the fleet's resync).
+    pub fn entries(&self) -> Result<Vec<Entry>, ListError> {
+        Ok(self.db.list(None)?)
     }
 
     /// Replaces the rate limit and sampling settings (SIGHUP reload).
@@ -337,6 +419,19 @@ impl Enforcer {
             created_at_ms: now,
             origin: spec.origin,
         };
+        Self::queue(
+            self.outbox,
+            &tx,
+            FleetRecord::local(
+                kind,
+                net.to_string(),
+                FleetOp::Add,
+                expires_at_ms,
+                spec.reason.clone(),
+                spec.origin,
+                now_us(),
+            ),
+        )?;
         let new = Writer::upsert(&tx, &e)?;
         if new {
             *self.counts.slot(kind, &net) += 1;
@@ -354,18 +449,44 @@ impl Enforcer {
             return Err(err.into());
         }
         tx.commit()?;
+        self.wake(spec.origin);
         Ok(EntryView::from_entry(&e, now))
     }
 
     /// Removes an entry from the DB and the maps.
     pub fn remove(&mut self, kind: ListKind, cidr_text: &str) -> Result<(), ListError> {
+        self.remove_from(kind, cidr_text, Origin::Cli)
+    }
+
+    /// Removes an entry; `origin` says who asked (the fleet's own removals
+    /// are not queued back to it).
+    pub fn remove_from(
+        &mut self,
+        kind: ListKind,
+        cidr_text: &str,
+        origin: Origin,
+    ) -> Result<(), ListError> {
         let net = cidr::parse_cidr(cidr_text).map_err(|e| ListError::BadInput(e.to_string()))?;
         let tx = self.db.transaction()?;
         if !Writer::remove(&tx, kind, &net)? {
             return Err(ListError::NotFound(net.to_string(), kind.as_str()));
         }
+        Self::queue(
+            self.outbox,
+            &tx,
+            FleetRecord::local(
+                kind,
+                net.to_string(),
+                FleetOp::Del,
+                None,
+                None,
+                origin,
+                now_us(),
+            ),
+        )?;
         self.plane.remove(map_list(kind), &net)?;
         tx.commit()?;
+        self.wake(origin);
         let slot = self.counts.slot(kind, &net);
         *slot = slot.saturating_sub(1);
         push_config(&mut self.plane, &self.counts, &self.base)?;
@@ -434,6 +555,34 @@ impl Enforcer {
             rows.push((net, reason_id));
         }
         Writer::bulk_upsert(&tx, kind, &rows, expires_at_ms, now, spec.origin)?;
+        if let Some(max) = self.outbox
+            && spec.origin != Origin::Fleet
+        {
+            let queued = Writer::outbox_len(&tx)?;
+            if queued + rows.len() as u64 > max {
+                return Err(ListError::FleetQueueFull(queued));
+            }
+            let ts = now_us();
+            let names: std::collections::HashMap<u32, Option<String>> = reason_ids
+                .iter()
+                .map(|(text, id)| (*id, text.clone()))
+                .collect();
+            for (net, reason_id) in &rows {
+                Self::queue(
+                    self.outbox,
+                    &tx,
+                    FleetRecord::local(
+                        kind,
+                        net.to_string(),
+                        FleetOp::Add,
+                        expires_at_ms,
+                        names.get(reason_id).cloned().flatten(),
+                        spec.origin,
+                        ts,
+                    ),
+                )?;
+            }
+        }
         // Flags before entries: never skip a lookup for an entry already in.
         let before = self.counts;
         let mut provisional = self.counts;
@@ -456,6 +605,7 @@ impl Enforcer {
         }
         let counts = Counts::from_rows(&Writer::family_counts(&tx)?);
         tx.commit()?;
+        self.wake(spec.origin);
         self.counts = counts;
         push_config(&mut self.plane, &self.counts, &self.base)?;
         Ok(rows.len())

@@ -1,0 +1,191 @@
+//! `[fleet]`: where the fleet's Redis is and how this gateway takes part.
+//!
+//! ```toml
+//! [fleet]
+//! redis = "redis://10.0.0.5:6379/0"   # or rediss:// (TLS, rustls)
+//! # node = "gw-a"                     # default: the host name
+//! # prefix = "ztag"                   # key prefix shared by one fleet
+//! # global_rate_limits = true         # route rate limits count fleet-wide
+//! # timeout = "50ms"                  # per Redis call on the request path
+//! # queue_max = 100000                # local changes kept while Redis is away
+//! # tombstone_ttl = "7d"              # how long removals are remembered
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[fleet]` as written.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    redis: Option<String>,
+    node: Option<String>,
+    prefix: Option<String>,
+    global_rate_limits: Option<bool>,
+    timeout: Option<String>,
+    queue_max: Option<u64>,
+    tombstone_ttl: Option<String>,
+}
+
+/// `[fleet]` once checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// The Redis URL (`redis://` or `rediss://`).
+    pub redis: String,
+    /// This gateway's name in the fleet.
+    pub node: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Route rate limits are counted in Redis, across the fleet.
+    pub global_rate_limits: bool,
+    /// Deadline of one Redis call made while a request waits.
+    pub timeout: Duration,
+    /// Outbox bound.
+    pub queue_max: u64,
+    /// Removals are kept this long (a gateway away longer resyncs from the
+    /// entries alone).
+    pub tombstone_ttl: Duration,
+}
+
+fn duration(
+    key: &str,
+    v: &Option<String>,
+    default: Duration,
+    problems: &mut Vec<String>,
+) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                problems.push(format!(
+                    "{key}: {s:?} is not a duration like \"50ms\" or \"7d\""
+                ));
+                default
+            }
+        },
+    }
+}
+
+/// The host name, for the default node name.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "ztag".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The URL with any password replaced, for logs and status.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let user = auth.split(':').next().unwrap_or("");
+                if auth.contains(':') {
+                    format!("{scheme}://{user}:***@{host}")
+                } else {
+                    format!("{scheme}://{user}@{host}")
+                }
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl RawFleet {
+    /// Checks `[fleet]`; `None` when no `redis` is given (fleet mode off).
+    pub fn check(self, problems: &mut Vec<String>) -> Option<FleetConfig> {
+        let redis = self.redis.filter(|s| !s.is_empty())?;
+        if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            problems.push(format!(
+                "fleet.redis: {} is not a redis:// or rediss:// URL",
+                redacted_url(&redis)
+            ));
+        } else if let Err(e) = redis::Client::open(redis.as_str()) {
+            problems.push(format!("fleet.redis: {}: {e}", redacted_url(&redis)));
+        }
+        let node = self.node.unwrap_or_else(hostname);
+        if node.is_empty() || node.len() > 64 || node.contains(char::is_whitespace) {
+            problems.push(format!(
+                "fleet.node: {node:?} must be 1 to 64 characters without spaces"
+            ));
+        }
+        let prefix = self.prefix.unwrap_or_else(|| "ztag".into());
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            problems.push(format!(
+                "fleet.prefix: {prefix:?} must be a word without spaces"
+            ));
+        }
+        let queue_max = self.queue_max.unwrap_or(100_000);
+        if queue_max == 0 {
+            problems.push("fleet.queue_max: must be at least 1".into());
+        }
+        Some(FleetConfig {
+            redis,
+            node,
+            prefix,
+            global_rate_limits: self.global_rate_limits.unwrap_or(true),
+            timeout: duration(
+                "fleet.timeout",
+                &self.timeout,
+                Duration::from_millis(50),
+                problems,
+            ),
+            queue_max,
+            tombstone_ttl: duration(
+                "fleet.tombstone_ttl",
+                &self.tombstone_ttl,
+                Duration::from_secs(7 * 86400),
+                problems,
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml_text: &str) -> (Option<FleetConfig>, Vec<String>) {
+        let raw: RawFleet = toml::from_str(toml_text).unwrap();
+        let mut p = Vec::new();
+        (raw.check(&mut p), p)
+    }
+
+    #[test]
+    fn off_without_redis_and_defaults_with_it() {
+        assert_eq!(check("").0, None);
+        let (c, p) = check("redis = \"redis://10.0.0.5:6379/0\"\nnode = \"gw-a\"");
+        assert!(p.is_empty(), "{p:?}");
+        let c = c.unwrap();
+        assert_eq!(c.node, "gw-a");
+        assert_eq!(c.prefix, "ztag");
+        assert!(c.global_rate_limits);
+        assert_eq!(c.timeout, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let (_, p) = check("redis = \"http://x\"\ntimeout = \"soon\"\nqueue_max = 0");
+        let all = p.join("\n");
+        assert!(all.contains("fleet.redis"), "{all}");
+        assert!(all.contains("fleet.timeout"), "{all}");
+        assert!(all.contains("fleet.queue_max"), "{all}");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redacted_url("rediss://app:s3cret@redis.internal:6380/1"),
+            "rediss://app:***@redis.internal:6380/1"
+        );
+        let (_, p) = check("redis = \"ftp://u:s3cret@h\"");
+        assert!(!p.join("").contains("s3cret"), "{p:?}");
+    }
+}
