@@ -79,6 +79,12 @@ fn world(token_ttl: u64) -> World {
 /// With `fed`: a second MCP server ("search") and the route `/fed-mcp`
 /// federating both.
 fn world_with(token_ttl: u64, fed: bool) -> World {
+    world_full(token_ttl, fed, "")
+}
+
+/// Same, with more TOML at the end of the config (and a fleet key file,
+/// `fleet.key`, in the directory).
+fn world_full(token_ttl: u64, fed: bool, more: &str) -> World {
     let key = ClientKey::generate();
     let oauth = OAuthServer::start(&key, token_ttl);
     let mcp = McpServer::start("files");
@@ -222,6 +228,7 @@ backchannel_endpoint = "{o}/bc-authorize"
 token_endpoint = "{o}/token"
 login_hint = "approver@example.com"
 poll_interval = "1s"
+{more}
 "#
     );
     let gw = Gateway::start(Options {
@@ -231,6 +238,7 @@ poll_interval = "1s"
             ("ztag-client.pem".into(), key.pem.clone()),
             ("vault.key".into(), "11".repeat(32)),
             ("hook.secret".into(), HOOK_SECRET.into()),
+            ("fleet.key".into(), "2a".repeat(32)),
         ],
         ..Options::default()
     });
@@ -1072,4 +1080,98 @@ fn mcp_federation_of_two_servers_behind_one_endpoint() {
     );
     assert_eq!(r.status, 204);
     assert_eq!(post(&token, Some(&sid), ping).status, 404);
+}
+
+/// A Redis on a free loopback port (no persistence); killed on drop.
+struct LoopbackRedis {
+    _proc: Proc,
+    port: u16,
+}
+
+impl LoopbackRedis {
+    fn start() -> LoopbackRedis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server (installed by cargo xtask setup)");
+        let proc = Proc(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            sleep(Duration::from_millis(50));
+        }
+        LoopbackRedis { _proc: proc, port }
+    }
+}
+
+#[test]
+fn mcp_federated_sessions_live_in_their_sealed_id() {
+    // The session is sealed with the fleet's key: a gateway that never saw
+    // it (here: the same one after a restart, with an empty memory)
+    // continues it; another subject cannot.
+    let redis = LoopbackRedis::start();
+    let more = format!(
+        "[fleet]\nredis = \"redis://127.0.0.1:{}\"\nnode = \"gw-1\"\nsession_key_file = \"fleet.key\"\n",
+        redis.port
+    );
+    let mut w = world_full(300, true, &more);
+    ok(
+        &w.gw.fga(&[
+            "tuple",
+            "write",
+            "user:alice",
+            "can_call",
+            "tool:files_echo",
+        ]),
+        "tuple write",
+    );
+    let token = w.gw.idp.token(
+        Alg::ES256,
+        &w.gw.idp.claims("alice", MCP_FED_RESOURCE, "mcp:tools"),
+    );
+    let post = |gw: &Gateway, tok: &str, sid: Option<&str>, body: &str| {
+        let auth = format!("Bearer {tok}");
+        let mut h = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", auth.as_str()),
+        ];
+        if let Some(s) = sid {
+            h.push(("Mcp-Session-Id", s));
+        }
+        gw.request("POST", "/fed-mcp", &h, body.as_bytes())
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let r = post(&w.gw, &token, None, init);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sid = r.header("mcp-session-id").unwrap().to_string();
+    assert!(sid.starts_with("z1."), "{sid}");
+    let inited = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(post(&w.gw, &token, Some(&sid), inited).status, 202);
+
+    w.gw.restart();
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"files__echo","arguments":{"text":"after the restart"}}}"#;
+    let r = post(&w.gw, &token, Some(&sid), call);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("after the restart"), "{}", r.text());
+    let bob = w.gw.idp.token(
+        Alg::ES256,
+        &w.gw.idp.claims("bob", MCP_FED_RESOURCE, "mcp:tools"),
+    );
+    let ping = r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#;
+    assert_eq!(post(&w.gw, &bob, Some(&sid), ping).status, 404);
+    // A forged id is no session.
+    let forged = format!("{}x", &sid[..sid.len() - 1]);
+    assert_eq!(post(&w.gw, &token, Some(&forged), ping).status, 404);
+    // The fleet is up for this gateway too (rate limits, lists).
+    let s: Value = serde_json::from_str(&ok(
+        &w.gw.cli(&["fleet", "status", "--json"], ""),
+        "fleet status",
+    ))
+    .unwrap();
+    assert_eq!(s["node"], "gw-1", "{s}");
 }

@@ -498,7 +498,7 @@ impl Config {
         let gateway = gateway.validate(base, &authn.provider_names(), &mut problems);
         let agent = agent.validate(base, &mut problems);
         let risk = risk.validate(&mut problems);
-        let fleet = fleet.check(&mut problems);
+        let fleet = fleet.check(base, &mut problems);
         for (i, r) in gateway.routes.iter().enumerate() {
             if let Some(c) = &r.credential
                 && agent.connection(c).is_none()

@@ -326,6 +326,17 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             agent: Some(agent.clone()),
             risk: risk.clone(),
             fleet: fleet.clone().filter(|f| f.config().global_rate_limits),
+            session_key: match config
+                .fleet
+                .as_ref()
+                .and_then(|f| f.session_key_file.as_ref())
+            {
+                None => None,
+                Some(p) => Some(
+                    crate::fleet::config::read_key(p)
+                        .map_err(|e| StartError(vec![format!("fleet.session_key_file: {e}")]))?,
+                ),
+            },
         },
         metrics.registry(),
     )?;

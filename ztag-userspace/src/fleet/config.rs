@@ -26,6 +26,7 @@ pub struct RawFleet {
     timeout: Option<String>,
     queue_max: Option<u64>,
     tombstone_ttl: Option<String>,
+    session_key_file: Option<std::path::PathBuf>,
 }
 
 /// `[fleet]` once checked.
@@ -46,6 +47,42 @@ pub struct FleetConfig {
     /// Removals are kept this long (a gateway away longer resyncs from the
     /// entries alone).
     pub tombstone_ttl: Duration,
+    /// The fleet's 32-byte key that seals MCP federated sessions into their
+    /// ids (any gateway with the key continues them).
+    pub session_key_file: Option<std::path::PathBuf>,
+}
+
+/// Reads a session key: 32 raw bytes, 64 hex digits or base64 of 32 bytes.
+pub fn read_key(path: &std::path::Path) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if raw.len() == 32 {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&raw);
+        return Ok(k);
+    }
+    let text = String::from_utf8_lossy(&raw).trim().to_string();
+    let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect::<Vec<u8>>()
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(&text)
+            .map_err(|_| {
+                format!(
+                    "{}: not a key (32 raw bytes, 64 hex digits or base64 of 32 bytes; e.g. `openssl rand -hex 32`)",
+                    path.display()
+                )
+            })?
+    };
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        format!(
+            "{}: the key has {} bytes, 32 are needed",
+            path.display(),
+            b.len()
+        )
+    })
 }
 
 fn duration(
@@ -100,7 +137,7 @@ pub fn redacted_url(url: &str) -> String {
 
 impl RawFleet {
     /// Checks `[fleet]`; `None` when no `redis` is given (fleet mode off).
-    pub fn check(self, problems: &mut Vec<String>) -> Option<FleetConfig> {
+    pub fn check(self, base: &std::path::Path, problems: &mut Vec<String>) -> Option<FleetConfig> {
         let redis = self.redis.filter(|s| !s.is_empty())?;
         if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             problems.push(format!(
@@ -144,6 +181,9 @@ impl RawFleet {
                 Duration::from_secs(7 * 86400),
                 problems,
             ),
+            session_key_file: self
+                .session_key_file
+                .map(|p| if p.is_absolute() { p } else { base.join(p) }),
         })
     }
 }
@@ -155,7 +195,7 @@ mod tests {
     fn check(toml_text: &str) -> (Option<FleetConfig>, Vec<String>) {
         let raw: RawFleet = toml::from_str(toml_text).unwrap();
         let mut p = Vec::new();
-        (raw.check(&mut p), p)
+        (raw.check(std::path::Path::new("/etc/ztag"), &mut p), p)
     }
 
     #[test]
@@ -177,6 +217,28 @@ mod tests {
         assert!(all.contains("fleet.redis"), "{all}");
         assert!(all.contains("fleet.timeout"), "{all}");
         assert!(all.contains("fleet.queue_max"), "{all}");
+    }
+
+    #[test]
+    fn session_keys_in_three_spellings() {
+        let d = std::env::temp_dir().join(format!("ztag-key-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        std::fs::write(d.join("hex"), format!("{hex}\n")).unwrap();
+        let k = read_key(&d.join("hex")).unwrap();
+        assert_eq!(k[1], 0x11);
+        std::fs::write(d.join("raw"), k).unwrap();
+        assert_eq!(read_key(&d.join("raw")).unwrap(), k);
+        use base64::Engine as _;
+        std::fs::write(
+            d.join("b64"),
+            base64::engine::general_purpose::STANDARD.encode(k),
+        )
+        .unwrap();
+        assert_eq!(read_key(&d.join("b64")).unwrap(), k);
+        std::fs::write(d.join("short"), "abcd").unwrap();
+        assert!(read_key(&d.join("short")).unwrap_err().contains("32"));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -23,12 +23,22 @@ use crate::{
     authn::Principal,
 };
 
-/// One client session of a federating route.
+/// One client session of a federating route. It lives in its id: sealed
+/// (AES-256-GCM) with the fleet's session key (`fleet.session_key_file`),
+/// so any gateway of the fleet can continue it, and a restarted one too;
+/// without fleet mode the key is random per process.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct FedSession {
+    #[serde(rename = "s")]
     subject: String,
     /// Each server's own session id (by `McpRoute::servers` index).
+    #[serde(rename = "b")]
     backends: Vec<Option<String>>,
+    #[serde(rename = "p")]
     protocol: Option<String>,
+    /// Opened at, seconds since the epoch.
+    #[serde(rename = "t")]
+    created: u64,
 }
 
 /// Where a federated `tools/call` goes.
@@ -47,21 +57,114 @@ pub struct Target {
     pub protocol: Option<String>,
 }
 
-/// Gateway sessions of federating routes.
-pub type Sessions = moka::sync::Cache<String, Arc<FedSession>>;
+/// A sealed session lasts this long (there is no server-side state to
+/// keep an idle timer in).
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const SEAL_AAD: &[u8] = b"ztag mcp federated session v1";
+const SEAL_PREFIX: &str = "z1.";
 
-/// The session store: an hour idle ends a session.
-pub fn sessions() -> Sessions {
-    moka::sync::Cache::builder()
-        .max_capacity(100_000)
-        .time_to_idle(Duration::from_secs(3600))
-        .build()
+/// Seals and opens federated sessions; remembers ended ones.
+pub struct Sessions {
+    key: aws_lc_rs::aead::LessSafeKey,
+    /// Ids ended with DELETE here (until they would have expired anyway).
+    ended: moka::sync::Cache<String, ()>,
+    /// Opened sessions, to skip the decryption on the next message.
+    open: moka::sync::Cache<String, Arc<FedSession>>,
 }
 
-fn new_session_id() -> String {
-    let mut b = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut b).expect("randomness");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+impl Sessions {
+    /// With the fleet's key, or a random one.
+    pub fn new(key: Option<[u8; 32]>) -> Sessions {
+        let raw = key.unwrap_or_else(|| {
+            let mut b = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut b).expect("randomness");
+            b
+        });
+        let key = aws_lc_rs::aead::LessSafeKey::new(
+            aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &raw)
+                .expect("32-byte key"),
+        );
+        Sessions {
+            key,
+            ended: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(SESSION_LIFETIME)
+                .build(),
+            open: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+        }
+    }
+
+    /// The session's id: `z1.` + base64url(nonce ‖ ciphertext ‖ tag).
+    pub fn seal(&self, s: &FedSession) -> String {
+        use base64::Engine as _;
+        let mut data = serde_json::to_vec(s).unwrap_or_default();
+        let mut nonce = [0u8; aws_lc_rs::aead::NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("randomness");
+        self.key
+            .seal_in_place_append_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(SEAL_AAD),
+                &mut data,
+            )
+            .expect("sealing");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        format!(
+            "{SEAL_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+        )
+    }
+
+    /// The session behind an id, if it was sealed with this key, has not
+    /// expired and was not ended here.
+    pub fn open(&self, id: &str) -> Option<Arc<FedSession>> {
+        use base64::Engine as _;
+        if id.len() > 8192 || self.ended.contains_key(id) {
+            return None;
+        }
+        if let Some(s) = self.open.get(id) {
+            return Some(s);
+        }
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(id.strip_prefix(SEAL_PREFIX)?)
+            .ok()?;
+        if raw.len() < aws_lc_rs::aead::NONCE_LEN + 16 {
+            return None;
+        }
+        let (nonce, rest) = raw.split_at(aws_lc_rs::aead::NONCE_LEN);
+        let mut buf = rest.to_vec();
+        let plain = self
+            .key
+            .open_in_place(
+                aws_lc_rs::aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+                aws_lc_rs::aead::Aad::from(SEAL_AAD),
+                &mut buf,
+            )
+            .ok()?;
+        let s: FedSession = serde_json::from_slice(plain).ok()?;
+        if s.created + SESSION_LIFETIME.as_secs() < now_secs() {
+            return None;
+        }
+        let s = Arc::new(s);
+        self.open.insert(id.to_string(), s.clone());
+        Some(s)
+    }
+
+    /// Ends a session on this gateway.
+    pub fn end(&self, id: &str) {
+        self.open.invalidate(id);
+        self.ended.insert(id.to_string(), ());
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 type Answer = (&'static str, Response<RespBody>);
@@ -169,7 +272,7 @@ impl Gateway {
 
     fn fed_session(&self, headers: &HeaderMap, p: &Principal) -> Option<(String, Arc<FedSession>)> {
         let id = headers.get("mcp-session-id")?.to_str().ok()?;
-        let s = self.fed_sessions.get(id)?;
+        let s = self.fed_sessions.open(id)?;
         (s.subject == p.subject).then(|| (id.to_string(), s))
     }
 
@@ -239,15 +342,12 @@ impl Gateway {
                 }
                 backends.push(sid);
             }
-            let sid = new_session_id();
-            self.fed_sessions.insert(
-                sid.clone(),
-                Arc::new(FedSession {
-                    subject: principal.subject.clone(),
-                    backends,
-                    protocol: protocol.clone(),
-                }),
-            );
+            let sid = self.fed_sessions.seal(&FedSession {
+                subject: principal.subject.clone(),
+                backends,
+                protocol: protocol.clone(),
+                created: now_secs(),
+            });
             let mut result = json!({
                 "protocolVersion": protocol.unwrap_or_else(|| "2025-06-18".into()),
                 "capabilities": {"tools": {"listChanged": false}},
@@ -403,7 +503,7 @@ impl Gateway {
         let Some((id, sess)) = self.fed_session(headers, principal) else {
             return rpc_response(StatusCode::NOT_FOUND, &json!({"error": "unknown session"}));
         };
-        self.fed_sessions.invalidate(&id);
+        self.fed_sessions.end(&id);
         for (i, s) in m.servers.iter().enumerate() {
             let Some(sid) = &sess.backends[i] else {
                 continue;
@@ -450,4 +550,52 @@ fn accepted() -> Response<RespBody> {
     let mut r = Response::new(super::full(Bytes::new()));
     *r.status_mut() = StatusCode::ACCEPTED;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(subject: &str, created: u64) -> FedSession {
+        FedSession {
+            subject: subject.into(),
+            backends: vec![Some("files-1".into()), None],
+            protocol: Some("2025-06-18".into()),
+            created,
+        }
+    }
+
+    #[test]
+    fn a_sealed_session_opens_on_any_gateway_with_the_key() {
+        let key = [7u8; 32];
+        let (a, b) = (Sessions::new(Some(key)), Sessions::new(Some(key)));
+        let id = a.seal(&session("alice", now_secs()));
+        assert!(id.starts_with(SEAL_PREFIX));
+        assert!(!id.contains("alice"), "the id must not show the subject");
+        let s = b.open(&id).expect("another gateway opens it");
+        assert_eq!(s.subject, "alice");
+        assert_eq!(s.backends, vec![Some("files-1".to_string()), None]);
+        // Another fleet's key, or none, does not.
+        assert!(Sessions::new(Some([8u8; 32])).open(&id).is_none());
+        assert!(Sessions::new(None).open(&id).is_none());
+    }
+
+    #[test]
+    fn tampered_expired_and_ended_sessions_do_not_open() {
+        let s = Sessions::new(Some([1u8; 32]));
+        let id = s.seal(&session("alice", now_secs()));
+        let mut bytes = id.clone().into_bytes();
+        let last = bytes.len() - 5;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        assert!(s.open(&String::from_utf8(bytes).unwrap()).is_none());
+        assert!(s.open("z1.").is_none() && s.open("not-a-session").is_none());
+        let old = s.seal(&session(
+            "alice",
+            now_secs() - SESSION_LIFETIME.as_secs() - 10,
+        ));
+        assert!(s.open(&old).is_none());
+        assert!(s.open(&id).is_some());
+        s.end(&id);
+        assert!(s.open(&id).is_none());
+    }
 }

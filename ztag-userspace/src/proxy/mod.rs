@@ -500,6 +500,8 @@ pub struct Deps {
     pub risk: Option<Arc<crate::risk::engine::Engine>>,
     /// Fleet mode with global rate limits: route limits count in Redis.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The fleet's key for sealed MCP sessions (random when `None`).
+    pub session_key: Option<[u8; 32]>,
 }
 
 /// Holds one connection slot (total and per source) until dropped.
@@ -535,6 +537,7 @@ impl Gateway {
             agent,
             risk,
             fleet,
+            session_key,
         } = deps;
         let mut problems = Vec::new();
         if authz.is_none()
@@ -669,7 +672,7 @@ impl Gateway {
             inspector,
             events,
             agent,
-            fed_sessions: mcp_fed::sessions(),
+            fed_sessions: mcp_fed::Sessions::new(session_key),
             risk,
             fleet,
             buckets: moka::sync::Cache::builder()
