@@ -63,6 +63,10 @@ enum Which {
     /// throughput with the engine on vs off (h2load, nginx upstream,
     /// alternating rounds).
     Risk(FgaArgs),
+    /// Fleet mode: route rate-limit decisions in Redis (added latency per
+    /// request, decisions/s pipelined, redis-benchmark as the peer) and the
+    /// propagation of a block between two gateways (needs root).
+    Fleet(FgaArgs),
 }
 
 #[derive(Args)]
@@ -115,6 +119,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             build_release()?;
             header("cargo bench -p ztag-userspace --bench mcp");
             let mut bench = crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "mcp", "--"]);
+            if a.quick {
+                bench.arg("--quick");
+            }
+            bench.args(&a.args);
+            run_command(&mut bench)
+        }
+        Which::Fleet(a) => {
+            build_release()?;
+            header("cargo bench -p ztag-userspace --bench fleet");
+            let mut bench =
+                crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "fleet", "--"]);
             if a.quick {
                 bench.arg("--quick");
             }
