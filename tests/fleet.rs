@@ -108,6 +108,11 @@ redis = "{redis}"
 node = "gw-{i}"
 timeout = "100ms"
 
+[risk]
+rate_limit_score = 5.5
+block_score = 6.0
+block_ttl = "1m"
+
 [gateway]
 access_log = "off"
 [[gateway.listener]]
@@ -462,5 +467,43 @@ fn fleet_survives_a_redis_outage_and_converges() {
     assert!(
         took < Duration::from_secs(2),
         "3 requests took {took:?} with Redis stopped"
+    );
+}
+
+#[test]
+fn fleet_risk_scores_add_up_across_gateways() {
+    if !privileged("fleet_risk_scores_add_up_across_gateways") {
+        return;
+    }
+    // Path scanning worth 3.5 points on each gateway: under the block
+    // score (6) on either alone, over it together.
+    let w = World::new();
+    let scanner = format!("{}/32", w.addr(11));
+    for i in 0..7 {
+        assert_eq!(w.get(0, 11, &format!("/scan-a-{i}"), "2"), 404);
+        assert_eq!(w.get(1, 11, &format!("/scan-b-{i}"), "2"), 404);
+    }
+    w.until(
+        "the scanner was not blocked fleet-wide",
+        Duration::from_secs(5),
+        || {
+            (0..GATEWAYS).all(|g| {
+                w.blocked_on(g, &scanner)
+                    .is_some_and(|e| e["kind"] == "dynamic")
+            })
+        },
+    );
+    assert!(
+        !w.served(0, 11) && !w.served(1, 11),
+        "the scanner is still served"
+    );
+    assert!(
+        w.served(0, 10) && w.served(1, 10),
+        "an innocent source is not"
+    );
+    let logs = format!("{}{}", w.daemons[0].log_text(), w.daemons[1].log_text());
+    assert!(
+        logs.contains("risk decision") && logs.contains("not_found"),
+        "no decision with its reasons in the logs"
     );
 }

@@ -64,6 +64,7 @@ fn fleet_cfg(port: u16, node: &str) -> FleetConfig {
         queue_max: 100_000,
         tombstone_ttl: Duration::from_secs(3600),
         session_key_file: None,
+        share_risk_events: false,
     }
 }
 

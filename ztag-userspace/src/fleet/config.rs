@@ -9,6 +9,8 @@
 //! # timeout = "50ms"                  # per Redis call on the request path
 //! # queue_max = 100000                # local changes kept while Redis is away
 //! # tombstone_ttl = "7d"              # how long removals are remembered
+//! # session_key_file = "fleet.key"    # seals MCP federated sessions
+//! # share_risk_events = true          # risk scores add up across gateways
 //! ```
 
 use std::time::Duration;
@@ -27,6 +29,7 @@ pub struct RawFleet {
     queue_max: Option<u64>,
     tombstone_ttl: Option<String>,
     session_key_file: Option<std::path::PathBuf>,
+    share_risk_events: Option<bool>,
 }
 
 /// `[fleet]` once checked.
@@ -50,6 +53,9 @@ pub struct FleetConfig {
     /// The fleet's 32-byte key that seals MCP federated sessions into their
     /// ids (any gateway with the key continues them).
     pub session_key_file: Option<std::path::PathBuf>,
+    /// The risk engine's scored events are shared: a source misbehaving a
+    /// little on each of many gateways adds up on every one.
+    pub share_risk_events: bool,
 }
 
 /// Reads a session key: 32 raw bytes, 64 hex digits or base64 of 32 bytes.
@@ -184,6 +190,7 @@ impl RawFleet {
             session_key_file: self
                 .session_key_file
                 .map(|p| if p.is_absolute() { p } else { base.join(p) }),
+            share_risk_events: self.share_risk_events.unwrap_or(true),
         })
     }
 }

@@ -49,6 +49,9 @@ use crate::{
     xdp::lists::{AddSpec, Enforcer, ListError},
 };
 
+/// How often scored risk events are sent to the fleet.
+const RISK_SHARE_EVERY: Duration = Duration::from_millis(500);
+
 /// Writes a record when it supersedes the stored one, then publishes it.
 /// KEYS[1] hash; ARGV: field, record JSON, channel. Returns 1 when written,
 /// else the stored record (the winner).
@@ -401,6 +404,11 @@ impl Fleet {
         if shared.enforcer.is_none() {
             info!("fleet: xdp.enabled = false, sharing rate limits only (no lists here)");
         }
+        if self.cfg.share_risk_events
+            && let Some(r) = &shared.risk
+        {
+            r.enable_sharing();
+        }
         let mut backoff = Duration::from_millis(250);
         loop {
             match self.session(&shared).await {
@@ -447,10 +455,14 @@ impl Fleet {
             .map_err(|_| "connecting for the change feed timed out".to_string())?
             .map_err(|e| format!("connecting for the change feed: {e}"))?;
         let channel = self.key("lists:changes");
-        tokio::time::timeout(deadline, pubsub.subscribe(&channel))
-            .await
-            .map_err(|_| "subscribing timed out".to_string())?
-            .map_err(|e| format!("subscribing to {channel}: {e}"))?;
+        let risk_channel = self.key("risk:events");
+        tokio::time::timeout(
+            deadline,
+            pubsub.subscribe(&[channel.as_str(), risk_channel.as_str()]),
+        )
+        .await
+        .map_err(|_| "subscribing timed out".to_string())?
+        .map_err(|e| format!("subscribing to {channel}: {e}"))?;
         let mut conn = tokio::time::timeout(deadline, self.conn())
             .await
             .map_err(|_| "connecting timed out".to_string())?
@@ -466,6 +478,8 @@ impl Fleet {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u64;
+        let mut share = tokio::time::interval(RISK_SHARE_EVERY);
+        share.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 m = stream.next() => {
@@ -473,7 +487,14 @@ impl Fleet {
                         return Err("the change feed closed (Redis went away)".into());
                     };
                     let payload: String = m.get_payload().unwrap_or_default();
-                    self.received(shared, &payload).await;
+                    if m.get_channel_name() == risk_channel {
+                        self.received_risk(shared, &payload);
+                    } else {
+                        self.received(shared, &payload).await;
+                    }
+                }
+                _ = share.tick() => {
+                    self.share_risk(shared, &mut conn, &risk_channel).await?;
                 }
                 _ = self.notify.notified() => {
                     self.flush(shared, &mut conn).await?;
@@ -489,6 +510,68 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// Publishes the risk engine's scored events since the last time.
+    async fn share_risk(
+        &self,
+        shared: &Arc<Shared>,
+        conn: &mut redis::aio::ConnectionManager,
+        channel: &str,
+    ) -> Result<(), String> {
+        let Some(r) = &shared.risk else {
+            return Ok(());
+        };
+        if !self.cfg.share_risk_events {
+            return Ok(());
+        }
+        let events = r.take_shared();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let msg = serde_json::json!({"node": self.cfg.node, "events": events}).to_string();
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(msg)
+                .query_async::<i64>(conn),
+        )
+        .await
+        .map_err(|_| "sharing risk events timed out".to_string())?
+        .map_err(|e| format!("sharing risk events: {e}"))?;
+        self.metrics
+            .changes
+            .with_label_values(&["sent", "risk_events"])
+            .inc_by(events.len() as u64);
+        Ok(())
+    }
+
+    /// Peers' scored events: they count here too.
+    fn received_risk(&self, shared: &Arc<Shared>, payload: &str) {
+        let Some(r) = &shared.risk else { return };
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            node: String,
+            events: Vec<crate::risk::engine::SharedEvents>,
+        }
+        let b: Batch = match serde_json::from_str(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                self.set_error("feed", format!("unreadable risk events: {e}"));
+                return;
+            }
+        };
+        if b.node == self.cfg.node || !self.cfg.share_risk_events {
+            return;
+        }
+        for ev in b.events.iter().take(100_000) {
+            r.observe_remote(ev);
+        }
+        self.metrics
+            .changes
+            .with_label_values(&["applied", "risk_events"])
+            .inc_by(b.events.len() as u64);
     }
 
     /// A peer's change from the feed.

@@ -49,7 +49,7 @@ use tracing::{info, warn};
 use super::config::RiskConfig;
 
 /// Event kinds the engine scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(usize)]
 pub enum Kind {
@@ -316,6 +316,30 @@ struct Entry {
     refilled: Instant,
 }
 
+/// Distinct keys of shared events kept per interval.
+const SHARE_MAX_KEYS: usize = 65_536;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SharedKey {
+    source: IpAddr,
+    subject: Option<Arc<str>>,
+    kind: Kind,
+}
+
+/// Scored events as gateways share them.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SharedEvents {
+    /// The source address.
+    pub source: IpAddr,
+    /// The subject, when authenticated.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// [`Kind::as_str`].
+    pub kind: String,
+    /// How many.
+    pub n: u32,
+}
+
 /// A decision, as the API and the log show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
@@ -387,6 +411,11 @@ pub struct Engine {
     bans: dashmap::DashMap<Key, Instant>,
     /// `bans.len()`, read on every request without touching the map.
     ban_count: std::sync::atomic::AtomicUsize,
+    /// Fleet mode: scored events not yet shared with the other gateways,
+    /// counted by (source, subject, kind).
+    outgoing: Mutex<Option<std::collections::HashMap<SharedKey, u32>>>,
+    /// `outgoing` is on (read without the lock on every scored event).
+    sharing: std::sync::atomic::AtomicBool,
     epoch: Instant,
     wall0: i64,
     /// `ztag_risk_observed_total` per kind, resolved once.
@@ -458,6 +487,8 @@ impl Engine {
             limited_keys: std::sync::atomic::AtomicUsize::new(0),
             bans: dashmap::DashMap::new(),
             ban_count: std::sync::atomic::AtomicUsize::new(0),
+            outgoing: Mutex::new(None),
+            sharing: std::sync::atomic::AtomicBool::new(false),
             epoch: Instant::now(),
             wall0: crate::state::now_ms(),
             observed: Kind::ALL.map(|k| observed.with_label_values(&[k.as_str()])),
@@ -514,6 +545,19 @@ impl Engine {
         if w <= 0.0 || self.exempt(source) {
             return;
         }
+        self.share(source, subject, kind);
+        self.score_all(source, subject, client, w, kind, now);
+    }
+
+    fn score_all(
+        &self,
+        source: IpAddr,
+        subject: Option<&str>,
+        client: Option<&str>,
+        w: f32,
+        kind: Kind,
+        now: u64,
+    ) {
         self.score(KeyRef::Source(source), w, kind, now);
         self.score(KeyRef::Prefix(prefix_of(source)), w, kind, now);
         if let Some(s) = subject {
@@ -521,6 +565,78 @@ impl Engine {
         }
         if let Some(c) = client {
             self.score(KeyRef::Client(c), w, kind, now);
+        }
+    }
+
+    /// Fleet mode: from now on, scored events are counted for
+    /// [`Engine::take_shared`].
+    pub fn enable_sharing(&self) {
+        *self.outgoing.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::collections::HashMap::new());
+        self.sharing.store(true, Ordering::Relaxed);
+    }
+
+    fn share(&self, source: IpAddr, subject: Option<&str>, kind: Kind) {
+        if !self.sharing.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(m) = g.as_mut() else { return };
+        // Bounded: past this many distinct keys in one interval (a flood of
+        // spoofed sources), the rest stay local.
+        if m.len() >= SHARE_MAX_KEYS {
+            return;
+        }
+        *m.entry(SharedKey {
+            source,
+            subject: subject.map(Arc::from),
+            kind,
+        })
+        .or_default() += 1;
+    }
+
+    /// The scored events since the last call, to send to the fleet.
+    pub fn take_shared(&self) -> Vec<SharedEvents> {
+        let mut g = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(m) = g.as_mut() else {
+            return Vec::new();
+        };
+        m.drain()
+            .map(|(k, n)| SharedEvents {
+                source: k.source,
+                subject: k.subject.map(|s| s.to_string()),
+                kind: k.kind.as_str().to_string(),
+                n,
+            })
+            .collect()
+    }
+
+    /// Events another gateway scored: they count here as if seen here (and
+    /// are not shared again). Unknown kinds are skipped.
+    pub fn observe_remote(&self, ev: &SharedEvents) {
+        let Some(kind) = Kind::parse(&ev.kind) else {
+            return;
+        };
+        let w = self.cfg.weights[kind as usize];
+        if w <= 0.0 || ev.n == 0 || self.exempt(ev.source) {
+            return;
+        }
+        let now = self.now_ms();
+        let n = ev.n.min(10_000);
+        for _ in 0..n.min(16) {
+            // Per event up to 16 (counts and recent events stay right),
+            // then the rest in one step.
+            self.score_all(ev.source, ev.subject.as_deref(), None, w, kind, now);
+        }
+        if n > 16 {
+            self.score_all(
+                ev.source,
+                ev.subject.as_deref(),
+                None,
+                w * (n - 16) as f32,
+                kind,
+                now,
+            );
         }
     }
 
@@ -958,6 +1074,46 @@ mod tests {
         let row = top.iter().find(|r| r.key == Key::Source(a)).unwrap();
         assert_eq!(row.offences, 1);
         assert!(row.blocked_until_ms.is_some() && row.limited);
+    }
+
+    #[test]
+    fn shared_events_add_up_across_engines() {
+        // Two gateways, 12 failures each from one source: under the block
+        // score (20) on each alone, over it once each hears the other.
+        let (a, mut rx_a) = engine(RiskConfig::default());
+        let (b, mut rx_b) = engine(RiskConfig::default());
+        a.enable_sharing();
+        b.enable_sharing();
+        let src = ip("198.51.100.77");
+        for _ in 0..12 {
+            a.observe(src, Some("mallory"), None, Kind::AuthnFailure);
+            b.observe(src, Some("mallory"), None, Kind::AuthnFailure);
+        }
+        assert!(rx_a.try_recv().is_err() && rx_b.try_recv().is_err());
+        let from_a = a.take_shared();
+        assert_eq!(from_a.len(), 1, "{from_a:?}");
+        assert_eq!(from_a[0].n, 12);
+        assert_eq!(from_a[0].subject.as_deref(), Some("mallory"));
+        assert!(a.take_shared().is_empty(), "taken once");
+        for ev in &from_a {
+            b.observe_remote(ev);
+        }
+        assert_eq!(rx_b.try_recv().unwrap().source, src);
+        // What came from the fleet is not shared again.
+        assert_eq!(b.take_shared().iter().map(|e| e.n).sum::<u32>(), 12);
+        assert!(b.take_shared().is_empty());
+        // Without sharing on, nothing is kept.
+        let (c, _rx) = engine(RiskConfig::default());
+        c.observe(src, None, None, Kind::AuthnFailure);
+        assert!(c.take_shared().is_empty());
+        // Unknown kinds from a newer peer are skipped.
+        c.observe_remote(&SharedEvents {
+            source: src,
+            subject: None,
+            kind: "from_the_future".into(),
+            n: 1000,
+        });
+        assert!(c.top(5).is_empty());
     }
 
     #[test]
