@@ -128,6 +128,14 @@ upstream = "web"
 public = true
 rate_limit = {{ per_source = "6/m", burst = 6 }}
 [[gateway.route]]
+name = "held"
+hosts = ["held.test"]
+path_prefix = "/"
+upstream = "web"
+public = true
+approval = "required"
+approval_timeout = "60s"
+[[gateway.route]]
 name = "site"
 path_prefix = "/"
 upstream = "web"
@@ -505,5 +513,77 @@ fn fleet_risk_scores_add_up_across_gateways() {
     assert!(
         logs.contains("risk decision") && logs.contains("not_found"),
         "no decision with its reasons in the logs"
+    );
+}
+
+#[test]
+fn fleet_approvals_are_decided_on_any_gateway() {
+    if !privileged("fleet_approvals_are_decided_on_any_gateway") {
+        return;
+    }
+    // A request held on gateway 0 shows in gateway 1's list and is
+    // approved there; the caller's request on gateway 0 completes.
+    let w = World::new();
+    let (cli, srv) = (w.cli.name.clone(), w.addr(1));
+    let caller = std::thread::spawn(move || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &cli, "curl", "-s", "-o", "/dev/null"])
+            .args([
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "50",
+                "-H",
+                "Host: held.test",
+            ])
+            .arg(format!("http://{srv}:8443/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    let mut id = String::new();
+    w.until(
+        "the held request never showed on gateway 1",
+        Duration::from_secs(10),
+        || {
+            let l: Vec<Value> = serde_json::from_str(&w.daemons[1].ok(&[
+                "approvals",
+                "list",
+                "--status",
+                "pending",
+                "--json",
+            ]))
+            .unwrap();
+            match l.iter().find(|a| a["target"] == "GET /") {
+                Some(a) => {
+                    id = a["id"].as_str().unwrap().to_string();
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    let out = w.daemons[1].ok(&["approvals", "approve", &id, "--by", "carol"]);
+    assert!(out.contains("approved"), "{out}");
+    assert_eq!(
+        caller.join().unwrap(),
+        "200",
+        "the held request did not complete"
+    );
+    let a: Value = serde_json::from_str(&w.daemons[0].ok(&["approvals", "show", &id])).unwrap();
+    assert_eq!(a["status"], "approved", "{a}");
+    assert!(a["decided_by"].as_str().unwrap().contains("carol"), "{a}");
+    // Deciding it again, anywhere, is a conflict; an unknown id is unknown.
+    assert!(
+        !w.daemons[1]
+            .cli(&["approvals", "deny", &id, "--by", "dave"])
+            .status
+            .success()
+    );
+    assert!(
+        !w.daemons[1]
+            .cli(&["approvals", "approve", "nosuchid", "--by", "dave"])
+            .status
+            .success()
     );
 }

@@ -56,6 +56,26 @@ fn vault_error(e: VaultError) -> Resp {
     }
 }
 
+/// A decision for an approval another gateway of the fleet holds.
+pub async fn remote_decision(
+    shared: &Shared,
+    id: &str,
+    approve: bool,
+    by: &str,
+    note: Option<&str>,
+) -> Resp {
+    use crate::fleet::RemoteDecideError as E;
+    let Some(f) = &shared.fleet else {
+        return error(StatusCode::NOT_FOUND, format!("no approval {id}"));
+    };
+    match f.decide_remote(id, approve, by, note).await {
+        Ok(a) => json(StatusCode::OK, &a),
+        Err(e @ E::NotFound) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ E::Decided(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ E::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
 /// Handles `/v1/vault…`, `/v1/approvals…`, `/v1/audit`; `None`: not ours.
 pub async fn handle(req: Request<Incoming>, parts: &[&str], shared: &Shared) -> Option<Resp> {
     if !matches!(parts.get(1), Some(&"vault" | &"approvals" | &"audit")) {
@@ -155,7 +175,23 @@ pub async fn handle(req: Request<Incoming>, parts: &[&str], shared: &Shared) -> 
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(100);
             match agent.approvals.list(status, limit) {
-                Ok(l) => json(StatusCode::OK, &l),
+                Ok(l) => match &shared.fleet {
+                    None => json(StatusCode::OK, &l),
+                    Some(f) => {
+                        // The other gateways' too (with their node).
+                        let mut v: Vec<serde_json::Value> = l
+                            .iter()
+                            .filter_map(|a| serde_json::to_value(a).ok())
+                            .collect();
+                        v.extend(
+                            f.remote_approvals()
+                                .await
+                                .into_iter()
+                                .filter(|a| status.is_none_or(|s| a["status"] == s.as_str())),
+                        );
+                        json(StatusCode::OK, &v)
+                    }
+                },
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             }
         }
@@ -195,6 +231,9 @@ pub async fn handle(req: Request<Incoming>, parts: &[&str], shared: &Shared) -> 
                 .decide(&id, approve, d.by.trim(), d.note.as_deref())
             {
                 Ok(a) => json(StatusCode::OK, &a),
+                Err(DecideError::NotFound(_)) if shared.fleet.is_some() => {
+                    remote_decision(shared, &id, approve, d.by.trim(), d.note.as_deref()).await
+                }
                 Err(e @ DecideError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
                 Err(e @ DecideError::Decided { .. }) => error(StatusCode::CONFLICT, e),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -714,7 +714,16 @@ impl Dashboard {
                     _ => None,
                 };
                 match agent.approvals.list(status, 200) {
-                    Ok(l) => json(StatusCode::OK, &l),
+                    Ok(l) => {
+                        let mut v: Vec<serde_json::Value> = l
+                            .iter()
+                            .filter_map(|a| serde_json::to_value(a).ok())
+                            .collect();
+                        if let Some(f) = &shared.fleet {
+                            v.extend(f.remote_approvals().await);
+                        }
+                        json(StatusCode::OK, &v)
+                    }
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
                 }
             }
@@ -730,6 +739,12 @@ impl Dashboard {
                 let by = format!("dashboard: {who}");
                 match agent.approvals.decide(&id, approve, &by, v.note.as_deref()) {
                     Ok(a) => json(StatusCode::OK, &a),
+                    Err(crate::agent::approvals::DecideError::NotFound(_))
+                        if shared.fleet.is_some() =>
+                    {
+                        super::agent::remote_decision(shared, &id, approve, &by, v.note.as_deref())
+                            .await
+                    }
                     Err(e @ crate::agent::approvals::DecideError::NotFound(_)) => {
                         error(StatusCode::NOT_FOUND, e)
                     }

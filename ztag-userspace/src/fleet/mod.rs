@@ -45,9 +45,36 @@ use tracing::{debug, info, warn};
 pub use self::config::{FleetConfig, RawFleet};
 use crate::{
     admin::Shared,
+    agent::approvals::Status as ApprovalStatus,
     state::{Entry, FleetOp, FleetRecord, Origin, now_ms, now_us},
     xdp::lists::{AddSpec, Enforcer, ListError},
 };
+
+/// A decision for an approval another gateway holds.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct RemoteDecision {
+    id: String,
+    approve: bool,
+    by: String,
+    #[serde(default)]
+    note: Option<String>,
+    /// The deciding gateway.
+    node: String,
+}
+
+/// Why a decision for another gateway's approval did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteDecideError {
+    /// No gateway of the fleet holds it.
+    #[error("no approval by that id in the fleet")]
+    NotFound,
+    /// Already decided.
+    #[error("the approval is already {0}")]
+    Decided(String),
+    /// Redis is away.
+    #[error("the fleet's Redis is unavailable: {0}")]
+    Unavailable(String),
+}
 
 /// How often scored risk events are sent to the fleet.
 const RISK_SHARE_EVERY: Duration = Duration::from_millis(500);
@@ -233,6 +260,8 @@ pub struct Fleet {
     rl_fallback: AtomicU64,
     peers: Mutex<Vec<Peer>>,
     last_error: Mutex<Option<String>>,
+    /// Approvals of this gateway mirrored as pending.
+    mirrored: Mutex<std::collections::HashSet<String>>,
     metrics: Metrics,
 }
 
@@ -266,6 +295,7 @@ impl Fleet {
             rl_fallback: AtomicU64::new(0),
             peers: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
+            mirrored: Mutex::new(std::collections::HashSet::new()),
             metrics: Metrics::new(registry)
                 .map_err(|e| anyhow::anyhow!("registering fleet metrics: {e}"))?,
             cfg,
@@ -456,9 +486,14 @@ impl Fleet {
             .map_err(|e| format!("connecting for the change feed: {e}"))?;
         let channel = self.key("lists:changes");
         let risk_channel = self.key("risk:events");
+        let decide_channel = self.key("approvals:decide");
         tokio::time::timeout(
             deadline,
-            pubsub.subscribe(&[channel.as_str(), risk_channel.as_str()]),
+            pubsub.subscribe(&[
+                channel.as_str(),
+                risk_channel.as_str(),
+                decide_channel.as_str(),
+            ]),
         )
         .await
         .map_err(|_| "subscribing timed out".to_string())?
@@ -489,12 +524,21 @@ impl Fleet {
                     let payload: String = m.get_payload().unwrap_or_default();
                     if m.get_channel_name() == risk_channel {
                         self.received_risk(shared, &payload);
+                    } else if m.get_channel_name() == decide_channel {
+                        self.received_decision(shared, &payload).await;
                     } else {
                         self.received(shared, &payload).await;
                     }
                 }
                 _ = share.tick() => {
-                    self.share_risk(shared, &mut conn, &risk_channel).await?;
+                    // Side channels: a failure here is reported, and the
+                    // flush or heartbeat notices if Redis itself is gone.
+                    if let Err(e) = self.share_risk(shared, &mut conn, &risk_channel).await {
+                        self.set_error("risk_events", e);
+                    }
+                    if let Err(e) = self.mirror_approvals(shared, &mut conn).await {
+                        self.set_error("approvals", e);
+                    }
                 }
                 _ = self.notify.notified() => {
                     self.flush(shared, &mut conn).await?;
@@ -510,6 +554,216 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// Keeps this gateway's approvals visible to the fleet: one key per
+    /// approval (`<prefix>:approval:<id>`, the approval and its node), kept
+    /// until its deadline while pending and ten minutes once decided.
+    async fn mirror_approvals(
+        &self,
+        shared: &Arc<Shared>,
+        conn: &mut redis::aio::ConnectionManager,
+    ) -> Result<(), String> {
+        let Some(agent) = &shared.agent else {
+            return Ok(());
+        };
+        let pending = agent
+            .approvals
+            .list(Some(ApprovalStatus::Pending), 1000)
+            .unwrap_or_default();
+        let mut mirrored = self
+            .mirrored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut now_pending = std::collections::HashSet::new();
+        let mut pipe = redis::pipe();
+        let now = now_ms();
+        for a in &pending {
+            now_pending.insert(a.id.clone());
+            if mirrored.contains(&a.id) {
+                continue;
+            }
+            let v = serde_json::json!({"node": self.cfg.node, "approval": a});
+            pipe.cmd("SET")
+                .arg(self.key(&format!("approval:{}", a.id)))
+                .arg(v.to_string())
+                .arg("PX")
+                .arg((a.deadline_ms - now).max(1000) + 60_000)
+                .ignore();
+        }
+        // Decided (or expired) since the last look: the final state.
+        for id in mirrored.difference(&now_pending) {
+            if let Ok(Some(a)) = agent.approvals.get(id) {
+                let v = serde_json::json!({"node": self.cfg.node, "approval": a});
+                pipe.cmd("SET")
+                    .arg(self.key(&format!("approval:{id}")))
+                    .arg(v.to_string())
+                    .arg("PX")
+                    .arg(600_000)
+                    .ignore();
+            }
+        }
+        mirrored = now_pending;
+        if pipe.len() > 0 {
+            tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(conn))
+                .await
+                .map_err(|_| "mirroring approvals timed out".to_string())?
+                .map_err(|e| format!("mirroring approvals: {e}"))?;
+        }
+        *self.mirrored.lock().unwrap_or_else(|p| p.into_inner()) = mirrored;
+        Ok(())
+    }
+
+    /// A decision made on another gateway for one of ours.
+    async fn received_decision(&self, shared: &Arc<Shared>, payload: &str) {
+        let Some(agent) = &shared.agent else { return };
+        let Ok(d) = serde_json::from_str::<RemoteDecision>(payload) else {
+            self.set_error("feed", "unreadable approval decision");
+            return;
+        };
+        if d.node == self.cfg.node {
+            return;
+        }
+        match agent.approvals.get(&d.id) {
+            Ok(Some(a)) if a.status == ApprovalStatus::Pending => {
+                let by = format!("{} (on {})", d.by, d.node);
+                match agent
+                    .approvals
+                    .decide(&d.id, d.approve, &by, d.note.as_deref())
+                {
+                    Ok(_) => {
+                        info!(id = %d.id, node = %d.node, "fleet: applied an approval decision made on another gateway");
+                        // Mirror the outcome at once, for the deciding gateway.
+                        if let Ok(mut c) = self.conn().await {
+                            let _ = self.mirror_approvals(shared, &mut c).await;
+                        }
+                    }
+                    Err(e) => warn!(id = %d.id, "fleet: approval decision not applied: {e}"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Pending approvals of the other gateways.
+    pub async fn remote_approvals(&self) -> Vec<serde_json::Value> {
+        let fut = async {
+            let mut c = self.conn().await?;
+            // SCAN, not KEYS: never block Redis for the whole keyspace.
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(self.key("approval:*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await?;
+                keys.extend(batch);
+                if next == 0 || keys.len() > 10_000 {
+                    break;
+                }
+                cursor = next;
+            }
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let vals: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            Ok::<_, redis::RedisError>(vals)
+        };
+        let vals = match tokio::time::timeout(Duration::from_secs(1), fut).await {
+            Ok(Ok(v)) => v,
+            _ => return Vec::new(),
+        };
+        vals.into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .filter(|v| v["node"] != self.cfg.node.as_str())
+            .map(|v| {
+                let mut a = v["approval"].clone();
+                a["node"] = v["node"].clone();
+                a
+            })
+            .collect()
+    }
+
+    /// Decides an approval held by another gateway: the decision goes to
+    /// it through Redis; returns the approval once it says it is decided
+    /// (or as it stands after 3 s).
+    pub async fn decide_remote(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<serde_json::Value, RemoteDecideError> {
+        let key = self.key(&format!("approval:{id}"));
+        let read = |c: redis::aio::ConnectionManager| {
+            let key = key.clone();
+            async move {
+                let mut c = c;
+                let v: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
+                Ok::<_, redis::RedisError>(
+                    v.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()),
+                )
+            }
+        };
+        let c = self
+            .conn()
+            .await
+            .map_err(|e| RemoteDecideError::Unavailable(e.to_string()))?;
+        let cur = tokio::time::timeout(Duration::from_secs(1), read(c.clone()))
+            .await
+            .map_err(|_| RemoteDecideError::Unavailable("Redis did not answer".into()))?
+            .map_err(|e| RemoteDecideError::Unavailable(e.to_string()))?
+            .ok_or(RemoteDecideError::NotFound)?;
+        if cur["approval"]["status"] != "pending" {
+            return Err(RemoteDecideError::Decided(
+                cur["approval"]["status"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            ));
+        }
+        let msg = serde_json::to_string(&RemoteDecision {
+            id: id.to_string(),
+            approve,
+            by: by.to_string(),
+            note: note.map(str::to_string),
+            node: self.cfg.node.clone(),
+        })
+        .unwrap_or_default();
+        let mut c2 = c.clone();
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PUBLISH")
+                .arg(self.key("approvals:decide"))
+                .arg(msg)
+                .query_async::<i64>(&mut c2),
+        )
+        .await
+        .map_err(|_| RemoteDecideError::Unavailable("Redis did not answer".into()))?
+        .map_err(|e| RemoteDecideError::Unavailable(e.to_string()))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let mut last = cur;
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(Ok(Some(v))) =
+                tokio::time::timeout(Duration::from_secs(1), read(c.clone())).await
+            {
+                last = v;
+                if last["approval"]["status"] != "pending" {
+                    break;
+                }
+            }
+        }
+        let mut a = last["approval"].clone();
+        a["node"] = last["node"].clone();
+        Ok(a)
     }
 
     /// Publishes the risk engine's scored events since the last time.
