@@ -605,7 +605,7 @@ impl Fleet {
             }
         }
         mirrored = now_pending;
-        if pipe.len() > 0 {
+        if !pipe.is_empty() {
             tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(conn))
                 .await
                 .map_err(|_| "mirroring approvals timed out".to_string())?
