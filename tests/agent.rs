@@ -1175,3 +1175,47 @@ fn mcp_federated_sessions_live_in_their_sealed_id() {
     .unwrap();
     assert_eq!(s["node"], "gw-1", "{s}");
 }
+
+#[test]
+fn token_exchange_results_are_shared_through_the_fleet() {
+    // An exchanged token is kept in the fleet's Redis, sealed: a gateway
+    // that did not make the exchange (here: the same one after a restart)
+    // uses it without asking the token endpoint again.
+    let redis = LoopbackRedis::start();
+    let more = format!(
+        "[fleet]\nredis = \"redis://127.0.0.1:{}\"\nnode = \"gw-x\"\nsession_key_file = \"fleet.key\"\n",
+        redis.port
+    );
+    let mut w = world_full(300, false, &more);
+    let alice = w.gw.token(Alg::ES256, "alice", "api");
+    let auth = format!("Bearer {alice}");
+    let r = w.gw.get("/exchange/events", &[("Authorization", &auth)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.oauth.token_requests().len(), 1);
+    w.gw.restart();
+    let r = w.gw.get("/exchange/events", &[("Authorization", &auth)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        w.oauth.token_requests().len(),
+        1,
+        "the restarted gateway exchanged again"
+    );
+    assert_eq!(
+        w.gw.upstream.last().unwrap()["headers"]["authorization"],
+        json!(["Bearer xchg-1"])
+    );
+    // What Redis holds is sealed: the token is not in it.
+    let port = redis.port.to_string();
+    let keys = Command::new("redis-cli")
+        .args(["-p", &port, "--scan", "--pattern", "ztag:cache:*"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
+    let key = keys.lines().next().expect("a cached exchange in Redis");
+    let v = Command::new("redis-cli")
+        .args(["-p", &port, "--no-raw", "GET", key])
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&v.stdout);
+    assert!(!v.contains("xchg-1") && !v.contains("refresh"), "{v}");
+}

@@ -316,6 +316,22 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         ),
         None => None,
     };
+    let session_key = match config
+        .fleet
+        .as_ref()
+        .and_then(|f| f.session_key_file.as_ref())
+    {
+        None => None,
+        Some(p) => Some(
+            crate::fleet::config::read_key(p)
+                .map_err(|e| StartError(vec![format!("fleet.session_key_file: {e}")]))?,
+        ),
+    };
+    if let (Some(f), Some(k)) = (&fleet, session_key) {
+        agent
+            .credentials
+            .share_with(Arc::new(crate::fleet::SealedCache::new(f.clone(), k)));
+    }
     let gateway = Gateway::new(
         &config.gateway,
         crate::proxy::Deps {
@@ -326,17 +342,7 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             agent: Some(agent.clone()),
             risk: risk.clone(),
             fleet: fleet.clone().filter(|f| f.config().global_rate_limits),
-            session_key: match config
-                .fleet
-                .as_ref()
-                .and_then(|f| f.session_key_file.as_ref())
-            {
-                None => None,
-                Some(p) => Some(
-                    crate::fleet::config::read_key(p)
-                        .map_err(|e| StartError(vec![format!("fleet.session_key_file: {e}")]))?,
-                ),
-            },
+            session_key,
         },
         metrics.registry(),
     )?;

@@ -86,6 +86,30 @@ pub struct Credentials {
     /// One refresh or exchange at a time per key; idle locks are dropped
     /// (one per caller token would otherwise pile up).
     locks: moka::sync::Cache<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Fleet mode: exchange results shared through Redis, sealed with the
+    /// fleet's key.
+    shared: std::sync::OnceLock<Arc<dyn SharedCache>>,
+}
+
+/// A boxed future (the trait below is used as `dyn`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where a fleet keeps exchange results for its gateways.
+pub trait SharedCache: Send + Sync {
+    /// The value under `key`, if any (a miss on any error).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<Vec<u8>>>;
+    /// Stores a value for `ttl` (best effort).
+    fn put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> BoxFuture<'a, ()>;
+}
+
+/// An exchange result as the fleet shares it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedResult {
+    token: String,
+    /// Valid until, ms since the epoch (already less the margin).
+    until_ms: i64,
+    #[serde(default)]
+    refresh: Option<String>,
 }
 
 fn digest(s: &str) -> String {
@@ -133,7 +157,14 @@ impl Credentials {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Fleet mode: exchange results are also read from and written to the
+    /// fleet's cache.
+    pub fn share_with(&self, cache: Arc<dyn SharedCache>) {
+        let _ = self.shared.set(cache);
     }
 
     /// Whether a connection of that name exists.
@@ -257,11 +288,30 @@ impl Credentials {
         let key = (digest(subject_token), c.name.clone());
         let lock = self.locks.get_with(key.clone(), Default::default);
         let _g = lock.lock().await;
-        let cached = self.exchanged.get(&key);
+        let mut cached = self.exchanged.get(&key);
         if let Some(k) = &cached
             && Instant::now() < k.until
         {
             return Ok(k.token.clone());
+        }
+        let shared_key = format!("xchg:{}:{}", key.0, key.1);
+        if let Some(s) = self.shared.get()
+            && let Some(raw) = s.get(&shared_key).await
+            && let Ok(r) = serde_json::from_slice::<SharedResult>(&raw)
+        {
+            let left = r.until_ms - crate::state::now_ms();
+            let k = Arc::new(Cached {
+                token: r.token,
+                until: Instant::now() + Duration::from_millis(left.max(0) as u64),
+                refresh: r.refresh,
+            });
+            if left > 0 {
+                debug!(connection = %c.name, "exchanged token from the fleet's cache");
+                self.exchanged.insert(key, k.clone());
+                return Ok(k.token.clone());
+            }
+            // Expired, but its refresh token may still serve.
+            cached = Some(k);
         }
         let answer = match cached.as_ref().and_then(|k| k.refresh.clone()) {
             Some(rt) => {
@@ -306,11 +356,24 @@ impl Credentials {
         };
         let (token, expires_in, refresh) = parse_answer(&c.name, &v)?;
         let life = Duration::from_secs(expires_in.unwrap_or(300));
+        let usable = life.saturating_sub(MARGIN).max(Duration::from_secs(1));
+        if let Some(s) = self.shared.get() {
+            let r = SharedResult {
+                token: token.clone(),
+                until_ms: crate::state::now_ms() + usable.as_millis() as i64,
+                refresh: refresh.clone(),
+            };
+            if let Ok(raw) = serde_json::to_vec(&r) {
+                // Kept while a refresh token may still be useful.
+                s.put(&shared_key, raw, life.max(Duration::from_secs(60)) * 2)
+                    .await;
+            }
+        }
         self.exchanged.insert(
             key,
             Arc::new(Cached {
                 token: token.clone(),
-                until: Instant::now() + life.saturating_sub(MARGIN).max(Duration::from_secs(1)),
+                until: Instant::now() + usable,
                 refresh,
             }),
         );

@@ -1220,3 +1220,106 @@ fn record_of(l: &Entry, node: &str) -> FleetRecord {
         ts_us: l.created_at_ms * 1000,
     }
 }
+
+/// Token-exchange results shared by the fleet: kept in Redis
+/// (`<prefix>:cache:<key>`) sealed with AES-256-GCM under the fleet's
+/// session key, the key name bound in as associated data. Reads and writes
+/// wait at most `fleet.timeout`; any failure is a miss.
+pub struct SealedCache {
+    fleet: Arc<Fleet>,
+    key: aws_lc_rs::aead::LessSafeKey,
+}
+
+impl SealedCache {
+    /// A cache over `fleet`, sealed with `key`.
+    pub fn new(fleet: Arc<Fleet>, key: [u8; 32]) -> SealedCache {
+        SealedCache {
+            fleet,
+            key: aws_lc_rs::aead::LessSafeKey::new(
+                aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &key)
+                    .expect("32-byte key"),
+            ),
+        }
+    }
+
+    fn seal(&self, name: &str, mut value: Vec<u8>) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; aws_lc_rs::aead::NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).ok()?;
+        self.key
+            .seal_in_place_append_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(name.as_bytes()),
+                &mut value,
+            )
+            .ok()?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&value);
+        Some(out)
+    }
+
+    fn open(&self, name: &str, raw: &[u8]) -> Option<Vec<u8>> {
+        if raw.len() < aws_lc_rs::aead::NONCE_LEN + 16 {
+            return None;
+        }
+        let (nonce, rest) = raw.split_at(aws_lc_rs::aead::NONCE_LEN);
+        let mut buf = rest.to_vec();
+        let plain = self
+            .key
+            .open_in_place(
+                aws_lc_rs::aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+                aws_lc_rs::aead::Aad::from(name.as_bytes()),
+                &mut buf,
+            )
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+impl crate::agent::exchange::SharedCache for SealedCache {
+    fn get<'a>(&'a self, key: &'a str) -> crate::agent::exchange::BoxFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let name = self.fleet.key(&format!("cache:{key}"));
+            let fut = async {
+                let mut c = self.fleet.conn().await?;
+                redis::cmd("GET")
+                    .arg(&name)
+                    .query_async::<Option<Vec<u8>>>(&mut c)
+                    .await
+            };
+            match tokio::time::timeout(self.fleet.cfg.timeout, fut).await {
+                Ok(Ok(Some(raw))) => self.open(&name, &raw),
+                _ => None,
+            }
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> crate::agent::exchange::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let name = self.fleet.key(&format!("cache:{key}"));
+            let Some(sealed) = self.seal(&name, value) else {
+                return;
+            };
+            let fut = async {
+                let mut c = self.fleet.conn().await?;
+                redis::cmd("SET")
+                    .arg(&name)
+                    .arg(sealed)
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1000) as u64)
+                    .query_async::<()>(&mut c)
+                    .await
+            };
+            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(self.fleet.cfg.timeout, fut)
+                .await
+                .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
+            {
+                self.fleet.set_error("cache", e);
+            }
+        })
+    }
+}
