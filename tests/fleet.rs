@@ -587,3 +587,85 @@ fn fleet_approvals_are_decided_on_any_gateway() {
             .success()
     );
 }
+
+#[test]
+fn fleet_over_tls_with_the_fleet_ca() {
+    // rediss:// to a TLS-only redis-server whose certificate chains to
+    // fleet.ca_file; route limits are then counted there.
+    use ztag_tests::{
+        gateway::{Gateway, Options, free_port},
+        pki::Ca,
+    };
+    let dir = TempDir::new();
+    let ca = Ca::new("fleet test CA");
+    let ca_file = ca.write(&dir.0, "redis-ca.pem");
+    let (cert, key) = ca.server(&["127.0.0.1"]).write(&dir.0, "redis");
+    let port = free_port();
+    let _redis = Proc(Some(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca_file)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) did not start"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let gw = Gateway::start(Options {
+        extra_config: format!(
+            "[fleet]\nredis = \"rediss://127.0.0.1:{port}\"\nnode = \"tls-gw\"\nca_file = \"{}\"\n",
+            ca_file.display()
+        ),
+        extra_routes: "[[gateway.route]]\nname = \"limited\"\npath_prefix = \"/limited/\"\nupstream = \"echo\"\npublic = true\nrate_limit = { per_source = \"2/m\", burst = 2 }\n".into(),
+        ..Options::default()
+    });
+    let status = |gw: &Gateway| -> Value {
+        let out = gw.cli(&["fleet", "status", "--json"], "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&gw)["connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "not connected over TLS: {}\n{}",
+            status(&gw),
+            gw.log_text()
+        );
+        sleep(Duration::from_millis(100));
+    }
+    let codes: Vec<u16> = (0..3).map(|_| gw.get("/limited/x", &[]).status).collect();
+    assert_eq!(codes, vec![200, 200, 429], "{codes:?}");
+    assert!(status(&gw)["rate_limits_redis"].as_u64().unwrap() >= 3);
+}

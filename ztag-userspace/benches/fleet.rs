@@ -65,6 +65,7 @@ fn fleet_cfg(port: u16, node: &str) -> FleetConfig {
         tombstone_ttl: Duration::from_secs(3600),
         session_key_file: None,
         share_risk_events: false,
+        ca_file: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! # tombstone_ttl = "7d"              # how long removals are remembered
 //! # session_key_file = "fleet.key"    # seals MCP federated sessions
 //! # share_risk_events = true          # risk scores add up across gateways
+//! # ca_file = "redis-ca.pem"          # rediss://: the server's CA (default: system roots)
 //! ```
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub struct RawFleet {
     tombstone_ttl: Option<String>,
     session_key_file: Option<std::path::PathBuf>,
     share_risk_events: Option<bool>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// `[fleet]` once checked.
@@ -56,6 +58,9 @@ pub struct FleetConfig {
     /// The risk engine's scored events are shared: a source misbehaving a
     /// little on each of many gateways adds up on every one.
     pub share_risk_events: bool,
+    /// PEM CA bundle a `rediss://` server's certificate must chain to
+    /// (default: the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Reads a session key: 32 raw bytes, 64 hex digits or base64 of 32 bytes.
@@ -165,6 +170,7 @@ impl RawFleet {
                 "fleet.prefix: {prefix:?} must be a word without spaces"
             ));
         }
+        let tls = redis.starts_with("rediss://");
         let queue_max = self.queue_max.unwrap_or(100_000);
         if queue_max == 0 {
             problems.push("fleet.queue_max: must be at least 1".into());
@@ -191,6 +197,15 @@ impl RawFleet {
                 .session_key_file
                 .map(|p| if p.is_absolute() { p } else { base.join(p) }),
             share_risk_events: self.share_risk_events.unwrap_or(true),
+            ca_file: {
+                let ca = self
+                    .ca_file
+                    .map(|p| if p.is_absolute() { p } else { base.join(p) });
+                if ca.is_some() && !tls {
+                    problems.push("fleet.ca_file: only used with a rediss:// URL".into());
+                }
+                ca
+            },
         })
     }
 }

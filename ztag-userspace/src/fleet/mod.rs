@@ -274,9 +274,21 @@ impl Fleet {
     /// Prepares the client (no connection yet: the sync task connects and
     /// keeps reconnecting).
     pub fn new(cfg: FleetConfig, registry: &Registry) -> anyhow::Result<Arc<Fleet>> {
-        let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| {
-            anyhow::anyhow!("fleet.redis {}: {e}", config::redacted_url(&cfg.redis))
-        })?;
+        let client = match &cfg.ca_file {
+            None => redis::Client::open(cfg.redis.as_str()),
+            Some(ca) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| anyhow::anyhow!("fleet.ca_file {}: {e}", ca.display()))?;
+                redis::Client::build_with_tls(
+                    cfg.redis.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("fleet.redis {}: {e}", config::redacted_url(&cfg.redis)))?;
         Ok(Arc::new(Fleet {
             client,
             conn: tokio::sync::OnceCell::new(),
