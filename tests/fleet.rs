@@ -669,3 +669,98 @@ fn fleet_over_tls_with_the_fleet_ca() {
     assert_eq!(codes, vec![200, 200, 429], "{codes:?}");
     assert!(status(&gw)["rate_limits_redis"].as_u64().unwrap() >= 3);
 }
+
+#[test]
+fn fleet_through_sentinel_follows_a_failover() {
+    // redis+sentinel://: the gateway asks Sentinel for the master; when
+    // the master dies and Sentinel promotes the replica, the gateway
+    // follows it.
+    use ztag_tests::gateway::{Gateway, Options, free_port};
+    let dir = TempDir::new();
+    let (p1, p2, ps) = (free_port(), free_port(), free_port());
+    let server = |port: u16, extra: &[&str]| {
+        Proc(Some(
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server"),
+        ))
+    };
+    let mut master = server(p1, &[]);
+    let p1s = p1.to_string();
+    let _replica = server(p2, &["--replicaof", "127.0.0.1", &p1s]);
+    let conf = dir.0.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {ps}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {p1} 1\nsentinel down-after-milliseconds m 500\nsentinel failover-timeout m 3000\n"
+        ),
+    )
+    .unwrap();
+    let _sentinel = Proc(Some(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel"),
+    ));
+    for p in [p1, p2, ps] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(Instant::now() < deadline, "port {p} never opened");
+            sleep(Duration::from_millis(50));
+        }
+    }
+    let gw = Gateway::start(Options {
+        extra_config: format!(
+            "[fleet]\nredis = \"redis+sentinel://127.0.0.1:{ps}/m\"\nnode = \"s-gw\"\n"
+        ),
+        ..Options::default()
+    });
+    let status = |gw: &Gateway| -> Value {
+        let out = gw.cli(&["fleet", "status", "--json"], "");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let wait_master = |gw: &Gateway, port: u16, within: u64| {
+        let deadline = Instant::now() + Duration::from_secs(within);
+        loop {
+            let s = status(gw);
+            if s["connected"] == true
+                && s["master"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with(&format!(":{port}")))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not connected to the master on {port}: {s}\n{}",
+                gw.log_text()
+            );
+            sleep(Duration::from_millis(100));
+        }
+    };
+    wait_master(&gw, p1, 15);
+    // Sentinel learns about the replica from the master (INFO, every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &ps.to_string(), "SENTINEL", "replicas", "m"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(&p2.to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Sentinel never saw the replica");
+        sleep(Duration::from_millis(200));
+    }
+    // The master dies; Sentinel promotes the replica; the gateway follows.
+    master.kill9();
+    wait_master(&gw, p2, 30);
+}

@@ -9,7 +9,7 @@ use crate::{header, run_command, setup};
 
 #[derive(Args)]
 pub struct FuzzArgs {
-    /// The target: cidr, config, path, jwt, h1scan, fga_dsl, fga_api, inspect_detector, inspect_content, inspect_codecs or agent_mcp (see fuzz/Cargo.toml).
+    /// The target: cidr, config, path, jwt, h1scan, fga_dsl, fga_api, inspect_detector, inspect_content, inspect_codecs, agent_mcp or fleet (see fuzz/Cargo.toml).
     target: String,
     /// How long to fuzz.
     #[arg(long, default_value_t = 60)]

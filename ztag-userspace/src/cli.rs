@@ -514,6 +514,9 @@ async fn fleet_status(client: &AdminClient, json: bool) -> Result<()> {
     };
     println!("node        {}", s.node);
     println!("redis       {}", s.redis);
+    if let Some(m) = &s.master {
+        println!("master      {m}");
+    }
     match (s.connected, s.degraded_since_ms) {
         (true, _) => println!("state       connected"),
         (false, Some(t)) => println!("state       DEGRADED since {}", ago(t)),

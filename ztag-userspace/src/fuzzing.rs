@@ -223,6 +223,32 @@ pub fn mcp(data: &[u8]) {
     }
 }
 
+/// What fleet mode reads from Redis (untrusted: anyone who can write to
+/// the fleet's Redis): list records, shared risk events, and MCP session
+/// ids. Never panics; a record that parses round-trips and never
+/// supersedes itself; a random session id never opens.
+pub fn fleet(data: &[u8]) {
+    use crate::state::FleetRecord;
+    if let Ok(r) = serde_json::from_slice::<FleetRecord>(data) {
+        assert!(!r.supersedes(&r));
+        assert!(r.field().contains('|'));
+        let again: FleetRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+    }
+    if let Ok(e) = serde_json::from_slice::<crate::risk::engine::SharedEvents>(data) {
+        let again: crate::risk::engine::SharedEvents =
+            serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(again, e);
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        thread_local! {
+            static SESSIONS: crate::proxy::mcp_fed::Sessions =
+                crate::proxy::mcp_fed::Sessions::new(Some([9u8; 32]));
+        }
+        SESSIONS.with(|x| assert!(x.open(s).is_none(), "a forged session id opened"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +277,25 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn fleet_target_holds_on_seeds_and_random_input() {
+        for seed in [
+            r#"{"kind":"block","cidr":"10.0.0.0/8","op":"add","expires_at_ms":null,"reason":"x","origin":"cli","node":"a","ts_us":1}"#,
+            r#"{"kind":"dynamic","cidr":"::1/128","op":"del","origin":"risk","ts_us":-5}"#,
+            r#"{"source":"10.0.0.1","subject":null,"kind":"authn_failure","n":4294967295}"#,
+            "z1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "z1.",
+        ] {
+            fleet(seed.as_bytes());
+        }
+        for i in inputs(
+            20_000,
+            b"{}\":,kindcidropaddelts_usoriginnode0123456789.z1AQ-_",
+        ) {
+            fleet(&i);
+        }
     }
 
     #[test]

@@ -128,6 +128,71 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// `redis+sentinel://[user:password@]host:port[,host:port...]/master[/db]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelTarget {
+    /// `redis://host:port` of each Sentinel.
+    pub sentinels: Vec<String>,
+    /// The monitored master's name.
+    pub master: String,
+    /// `user:password@` for the master, if given.
+    pub auth: Option<String>,
+    /// Database number.
+    pub db: u32,
+}
+
+impl SentinelTarget {
+    /// The master's URL once Sentinel named its address.
+    pub fn master_url(&self, host: &str, port: u16) -> String {
+        let auth = self
+            .auth
+            .as_deref()
+            .map(|a| format!("{a}@"))
+            .unwrap_or_default();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        format!("redis://{auth}{host}:{port}/{}", self.db)
+    }
+}
+
+/// Parses a Sentinel URL; `None` when `url` is not one (or is malformed,
+/// which [`RawFleet::check`] reports).
+pub fn parse_sentinel(url: &str) -> Option<SentinelTarget> {
+    let rest = url.strip_prefix("redis+sentinel://")?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((a, r)) => (Some(a.to_string()), r),
+        None => (None, rest),
+    };
+    let (hosts, path) = rest.split_once('/')?;
+    let mut parts = path.split('/');
+    let master = parts.next().filter(|m| !m.is_empty())?.to_string();
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(d) => d.parse().ok()?,
+    };
+    let sentinels: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}"))
+        .collect();
+    if sentinels.is_empty()
+        || sentinels
+            .iter()
+            .any(|s| redis::Client::open(s.as_str()).is_err())
+    {
+        return None;
+    }
+    Some(SentinelTarget {
+        sentinels,
+        master,
+        auth,
+        db,
+    })
+}
+
 /// The URL with any password replaced, for logs and status.
 pub fn redacted_url(url: &str) -> String {
     match url.split_once("://") {
@@ -150,9 +215,16 @@ impl RawFleet {
     /// Checks `[fleet]`; `None` when no `redis` is given (fleet mode off).
     pub fn check(self, base: &std::path::Path, problems: &mut Vec<String>) -> Option<FleetConfig> {
         let redis = self.redis.filter(|s| !s.is_empty())?;
-        if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+        if redis.starts_with("redis+sentinel://") {
+            if parse_sentinel(&redis).is_none() {
+                problems.push(format!(
+                    "fleet.redis: {} is not redis+sentinel://[user:password@]host:port[,host:port...]/master[/db]",
+                    redacted_url(&redis)
+                ));
+            }
+        } else if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             problems.push(format!(
-                "fleet.redis: {} is not a redis:// or rediss:// URL",
+                "fleet.redis: {} is not a redis://, rediss:// or redis+sentinel:// URL",
                 redacted_url(&redis)
             ));
         } else if let Err(e) = redis::Client::open(redis.as_str()) {
@@ -261,6 +333,27 @@ mod tests {
         std::fs::write(d.join("short"), "abcd").unwrap();
         assert!(read_key(&d.join("short")).unwrap_err().contains("32"));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let s = parse_sentinel("redis+sentinel://app:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/2")
+            .unwrap();
+        assert_eq!(
+            s.sentinels,
+            vec!["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+        );
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(s.db, 2);
+        assert_eq!(
+            s.master_url("10.0.0.9", 6380),
+            "redis://app:pw@10.0.0.9:6380/2"
+        );
+        assert_eq!(parse_sentinel("redis://x"), None);
+        let (_, p) = check("redis = \"redis+sentinel://10.0.0.1:26379/\"");
+        assert!(p.join("").contains("redis+sentinel://"), "{p:?}");
+        let (c, p) = check("redis = \"redis+sentinel://10.0.0.1:26379/m\"");
+        assert!(p.is_empty() && c.is_some(), "{p:?}");
     }
 
     #[test]

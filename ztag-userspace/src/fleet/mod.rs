@@ -50,6 +50,34 @@ use crate::{
     xdp::lists::{AddSpec, Enforcer, ListError},
 };
 
+/// Where the fleet's Redis is.
+enum Target {
+    /// One URL.
+    Direct(redis::Client),
+    /// The master Sentinel names.
+    Sentinel(config::SentinelTarget),
+}
+
+/// The master connected to now.
+struct Current {
+    addr: String,
+    client: redis::Client,
+    conn: redis::aio::ConnectionManager,
+}
+
+fn open_client(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match ca {
+        None => redis::Client::open(url),
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+    }
+}
+
 /// A decision for an approval another gateway holds.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct RemoteDecision {
@@ -148,6 +176,9 @@ pub struct Status {
     pub node: String,
     /// Redis URL, password hidden.
     pub redis: String,
+    /// The address of the Redis (master) connected to last.
+    #[serde(default)]
+    pub master: Option<String>,
     /// Connected and synchronised now.
     pub connected: bool,
     /// Since when it is not (ms since the epoch).
@@ -241,9 +272,13 @@ impl Metrics {
 /// The fleet membership of one gateway.
 pub struct Fleet {
     cfg: FleetConfig,
-    client: redis::Client,
-    /// Commands (request path and sync); reconnects by itself.
-    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    target: Target,
+    /// The master now: its client (for the change feed) and a connection
+    /// manager for commands (request path and sync), which reconnects by
+    /// itself. Replaced when Sentinel names another master.
+    current: arc_swap::ArcSwapOption<Current>,
+    /// One (re)connection at a time.
+    connecting: tokio::sync::Mutex<()>,
     put: redis::Script,
     prune: redis::Script,
     gcra: redis::Script,
@@ -274,24 +309,23 @@ impl Fleet {
     /// Prepares the client (no connection yet: the sync task connects and
     /// keeps reconnecting).
     pub fn new(cfg: FleetConfig, registry: &Registry) -> anyhow::Result<Arc<Fleet>> {
-        let client = match &cfg.ca_file {
-            None => redis::Client::open(cfg.redis.as_str()),
-            Some(ca) => {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| anyhow::anyhow!("fleet.ca_file {}: {e}", ca.display()))?;
-                redis::Client::build_with_tls(
-                    cfg.redis.as_str(),
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
-        }
-        .map_err(|e| anyhow::anyhow!("fleet.redis {}: {e}", config::redacted_url(&cfg.redis)))?;
+        let ca = match &cfg.ca_file {
+            None => None,
+            Some(ca) => Some(
+                std::fs::read(ca)
+                    .map_err(|e| anyhow::anyhow!("fleet.ca_file {}: {e}", ca.display()))?,
+            ),
+        };
+        let target = match config::parse_sentinel(&cfg.redis) {
+            Some(s) => Target::Sentinel(s),
+            None => Target::Direct(open_client(&cfg.redis, ca.as_deref()).map_err(|e| {
+                anyhow::anyhow!("fleet.redis {}: {e}", config::redacted_url(&cfg.redis))
+            })?),
+        };
         Ok(Arc::new(Fleet {
-            client,
-            conn: tokio::sync::OnceCell::new(),
+            target,
+            current: arc_swap::ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
             put: redis::Script::new(PUT_LUA),
             prune: redis::Script::new(PRUNE_LUA),
             gcra: redis::Script::new(GCRA_LUA),
@@ -323,18 +357,81 @@ impl Fleet {
         format!("{}:{what}", self.cfg.prefix)
     }
 
+    /// The command connection to the current master (connecting first if
+    /// there is none yet).
     async fn conn(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
-        let c = self
-            .conn
-            .get_or_try_init(|| async {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(1);
-                redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg).await
-            })
-            .await?;
-        Ok(c.clone())
+        if let Some(c) = self.current.load_full() {
+            return Ok(c.conn.clone());
+        }
+        Ok(self.connect(false).await?.conn.clone())
+    }
+
+    /// Finds the master (asking Sentinel when configured) and connects to
+    /// it, unless already connected to that one. `recheck`: ask Sentinel
+    /// again even with a current connection (each new sync session).
+    async fn connect(&self, recheck: bool) -> redis::RedisResult<Arc<Current>> {
+        let _one = self.connecting.lock().await;
+        let cur = self.current.load_full();
+        if let Some(c) = &cur
+            && !(recheck && matches!(self.target, Target::Sentinel(_)))
+        {
+            return Ok(c.clone());
+        }
+        let client = match &self.target {
+            Target::Direct(c) => c.clone(),
+            Target::Sentinel(s) => self.ask_sentinels(s).await?,
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        if let Some(c) = &cur
+            && c.addr == addr
+        {
+            return Ok(c.clone());
+        }
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let conn = redis::aio::ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        if cur.is_some() {
+            info!(master = %addr, "fleet: Sentinel names a new master");
+        }
+        let c = Arc::new(Current { addr, client, conn });
+        self.current.store(Some(c.clone()));
+        Ok(c)
+    }
+
+    /// The master's client, from the first Sentinel that answers.
+    async fn ask_sentinels(&self, s: &config::SentinelTarget) -> redis::RedisResult<redis::Client> {
+        let mut last = redis::RedisError::from((redis::ErrorKind::Io, "no Sentinel answered"));
+        for sentinel in &s.sentinels {
+            let ask = async {
+                let c = redis::Client::open(sentinel.as_str())?;
+                let mut conn = c.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&s.master)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Ok(Some((host, port)))) => {
+                    let url = s.master_url(&host, port);
+                    return open_client(&url, None);
+                }
+                Ok(Ok(None)) => {
+                    last = redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "Sentinel does not know the master",
+                        s.master.clone(),
+                    ));
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = redis::RedisError::from((redis::ErrorKind::Io, "Sentinel timed out"))
+                }
+            }
+        }
+        Err(last)
     }
 
     fn set_error(&self, what: &str, e: impl std::fmt::Display) {
@@ -360,6 +457,7 @@ impl Fleet {
         Status {
             node: self.cfg.node.clone(),
             redis: config::redacted_url(&self.cfg.redis),
+            master: self.current.load().as_ref().map(|c| c.addr.clone()),
             connected: self.connected.load(Ordering::Relaxed),
             degraded_since_ms: opt(self.degraded_since.load(Ordering::Relaxed)),
             last_sync_ms: opt(self.last_sync.load(Ordering::Relaxed)),
@@ -492,7 +590,11 @@ impl Fleet {
 
     async fn session(&self, shared: &Arc<Shared>) -> Result<(), String> {
         let deadline = Duration::from_secs(3);
-        let mut pubsub = tokio::time::timeout(deadline, self.client.get_async_pubsub())
+        let cur = tokio::time::timeout(deadline, self.connect(true))
+            .await
+            .map_err(|_| "connecting timed out".to_string())?
+            .map_err(|e| format!("connecting: {e}"))?;
+        let mut pubsub = tokio::time::timeout(deadline, cur.client.get_async_pubsub())
             .await
             .map_err(|_| "connecting for the change feed timed out".to_string())?
             .map_err(|e| format!("connecting for the change feed: {e}"))?;
@@ -510,10 +612,7 @@ impl Fleet {
         .await
         .map_err(|_| "subscribing timed out".to_string())?
         .map_err(|e| format!("subscribing to {channel}: {e}"))?;
-        let mut conn = tokio::time::timeout(deadline, self.conn())
-            .await
-            .map_err(|_| "connecting timed out".to_string())?
-            .map_err(|e| format!("connecting: {e}"))?;
+        let mut conn = cur.conn.clone();
         // Subscribed first, so nothing published from here on is missed.
         self.flush(shared, &mut conn).await?;
         self.resync(shared, &mut conn).await?;

@@ -24,7 +24,7 @@ pub mod h1scan;
 pub mod headers;
 pub mod inspect;
 mod mcp;
-mod mcp_fed;
+pub(crate) mod mcp_fed;
 pub(crate) mod metrics;
 pub mod normalize;
 pub mod route;
