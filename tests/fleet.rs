@@ -107,6 +107,7 @@ impl World {
 redis = "{redis}"
 node = "gw-{i}"
 timeout = "100ms"
+session_key_file = "{key}"
 
 [risk]
 rate_limit_score = 5.5
@@ -136,13 +137,24 @@ public = true
 approval = "required"
 approval_timeout = "60s"
 [[gateway.route]]
+name = "later"
+hosts = ["async.test"]
+path_prefix = "/"
+upstream = "web"
+public = true
+approval = "required"
+approval_mode = "async"
+approval_timeout = "60s"
+[[gateway.route]]
 name = "site"
 path_prefix = "/"
 upstream = "web"
 public = true
 "#,
                 redis = w.redis_url(),
+                key = dir.0.join("fleet.key").display(),
             );
+            std::fs::write(dir.0.join("fleet.key"), "5a".repeat(32)).unwrap();
             let d = Daemon::start_full(&ns, &iface, "skb", &pins, &dir, "", &extra);
             w.daemons.push(d);
             w.pins.push(pins);
@@ -573,6 +585,60 @@ fn fleet_approvals_are_decided_on_any_gateway() {
     let a: Value = serde_json::from_str(&w.daemons[0].ok(&["approvals", "show", &id])).unwrap();
     assert_eq!(a["status"], "approved", "{a}");
     assert!(a["decided_by"].as_str().unwrap().contains("carol"), "{a}");
+    // An async one: asked on gateway 0, approved on gateway 1, its answer
+    // fetched from gateway 1's status URL.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w.cli.name,
+            "curl",
+            "-s",
+            "-i",
+            "--max-time",
+            "5",
+        ])
+        .args(["-H", "Host: async.test"])
+        .arg(format!("http://{}:8443/", w.addr(1)))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap_or_else(|| panic!("no Location: {head}"))
+        .trim()
+        .to_string();
+    let path = location
+        .find("/.ztag/")
+        .map(|i| location[i..].to_string())
+        .unwrap_or(location.clone());
+    let async_id = path.rsplit('/').next().unwrap().to_string();
+    w.until(
+        "the async approval never showed on gateway 1",
+        Duration::from_secs(10),
+        || {
+            w.daemons[1]
+                .ok(&["approvals", "list", "--status", "pending", "--json"])
+                .contains(&async_id)
+        },
+    );
+    w.daemons[1].ok(&["approvals", "approve", &async_id, "--by", "erin"]);
+    let mut last = 0;
+    w.until(
+        "the answer never reached gateway 1's status URL",
+        Duration::from_secs(15),
+        || {
+            last = w.get(1, 10, &path, "2");
+            last == 200
+        },
+    );
+    assert_eq!(last, 200);
+
     // Deciding it again, anywhere, is a conflict; an unknown id is unknown.
     assert!(
         !w.daemons[1]

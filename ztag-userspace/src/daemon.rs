@@ -341,7 +341,7 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             events: Some(risk_events),
             agent: Some(agent.clone()),
             risk: risk.clone(),
-            fleet: fleet.clone().filter(|f| f.config().global_rate_limits),
+            fleet: fleet.clone(),
             session_key,
         },
         metrics.registry(),

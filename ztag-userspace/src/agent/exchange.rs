@@ -167,6 +167,11 @@ impl Credentials {
         let _ = self.shared.set(cache);
     }
 
+    /// The fleet's sealed cache, if fleet mode shares one.
+    pub fn shared_cache(&self) -> Option<Arc<dyn SharedCache>> {
+        self.shared.get().cloned()
+    }
+
     /// Whether a connection of that name exists.
     pub fn has(&self, name: &str) -> bool {
         self.connections.iter().any(|(c, _)| c.name == name)

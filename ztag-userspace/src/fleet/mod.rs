@@ -757,6 +757,24 @@ impl Fleet {
         }
     }
 
+    /// One approval another gateway mirrored (any status).
+    pub async fn remote_approval(&self, id: &str) -> Option<crate::agent::approvals::Approval> {
+        let key = self.key(&format!("approval:{id}"));
+        let fut = async {
+            let mut c = self.conn().await?;
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+        };
+        let v = tokio::time::timeout(Duration::from_secs(1), fut)
+            .await
+            .ok()?
+            .ok()??;
+        let v: serde_json::Value = serde_json::from_str(&v).ok()?;
+        serde_json::from_value(v["approval"].clone()).ok()
+    }
+
     /// Pending approvals of the other gateways.
     pub async fn remote_approvals(&self) -> Vec<serde_json::Value> {
         let fut = async {

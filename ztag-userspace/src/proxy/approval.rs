@@ -195,11 +195,18 @@ impl Gateway {
         if !approvals::valid_id(id) {
             return Err(ProxyError::NoRoute);
         }
-        let a = agent
-            .approvals
-            .get(id)
-            .map_err(|_| ProxyError::Internal)?
-            .ok_or(ProxyError::NoRoute)?;
+        let local = agent.approvals.get(id).map_err(|_| ProxyError::Internal)?;
+        // Fleet mode: an approval another gateway holds.
+        let (a, remote) = match local {
+            Some(a) => (a, false),
+            None => match &self.fleet {
+                Some(f) => (
+                    f.remote_approval(id).await.ok_or(ProxyError::NoRoute)?,
+                    true,
+                ),
+                None => return Err(ProxyError::NoRoute),
+            },
+        };
         let ri = self
             .cfg
             .routes
@@ -238,11 +245,14 @@ impl Gateway {
                 Ok(r)
             }
             Status::Denied | Status::Expired => Ok(json_response(StatusCode::FORBIDDEN, &body)),
-            Status::Approved => match agent
-                .approvals
-                .result(id)
-                .map_err(|_| ProxyError::Internal)?
-            {
+            Status::Approved => match if remote {
+                self.remote_result(agent, id).await
+            } else {
+                agent
+                    .approvals
+                    .result(id)
+                    .map_err(|_| ProxyError::Internal)?
+            } {
                 None => {
                     let mut r = json_response(StatusCode::ACCEPTED, &body);
                     r.headers_mut()
@@ -266,6 +276,14 @@ impl Gateway {
                 }
             },
         }
+    }
+
+    /// Another gateway's answer to an approved request, from the fleet's
+    /// sealed cache.
+    async fn remote_result(&self, agent: &crate::agent::Agent, id: &str) -> Option<StoredResult> {
+        let c = agent.credentials.shared_cache()?;
+        let raw = c.get(&format!("approval-result:{id}")).await?;
+        serde_json::from_slice(&raw).ok()
     }
 
     /// Sends approved async requests (and holds whose caller has gone) as
@@ -299,6 +317,18 @@ impl Gateway {
                 };
                 if let Err(e) = agent.approvals.store_result(&id, &stored) {
                     warn!(id, "approved request's answer not stored: {e}");
+                }
+                // Fleet mode: the answer, sealed, for the other gateways'
+                // status URL (kept as long as the local one).
+                if let Some(c) = agent.credentials.shared_cache()
+                    && let Ok(raw) = serde_json::to_vec(&stored)
+                {
+                    c.put(
+                        &format!("approval-result:{id}"),
+                        raw,
+                        std::time::Duration::from_secs(24 * 3600),
+                    )
+                    .await;
                 }
                 info!(id, status, result = label, "approved request sent");
                 let a = agent.approvals.get(&id).ok().flatten();

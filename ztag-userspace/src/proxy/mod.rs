@@ -498,7 +498,8 @@ pub struct Deps {
     pub agent: Option<Arc<crate::agent::Agent>>,
     /// The risk engine.
     pub risk: Option<Arc<crate::risk::engine::Engine>>,
-    /// Fleet mode with global rate limits: route limits count in Redis.
+    /// Fleet mode: route limits count in Redis (with
+    /// `global_rate_limits`), async approvals' status across gateways.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// The fleet's key for sealed MCP sessions (random when `None`).
     pub session_key: Option<[u8; 32]>,
@@ -1564,7 +1565,11 @@ impl Gateway {
     /// across the fleet when fleet mode shares limits, else (or when Redis
     /// does not answer in time) from the local bucket.
     async fn take(&self, route: usize, key: BucketKey, r: config::Rate) -> Result<(), ProxyError> {
-        if let Some(f) = &self.fleet {
+        if let Some(f) = self
+            .fleet
+            .as_ref()
+            .filter(|f| f.config().global_rate_limits)
+        {
             let name = &self.cfg.routes[route].name;
             let k = match &key {
                 BucketKey::Source(ip) => format!("{name}:src:{ip}"),
