@@ -667,9 +667,10 @@ impl Fleet {
         }
     }
 
-    /// Keeps this gateway's approvals visible to the fleet: one key per
-    /// approval (`<prefix>:approval:<id>`, the approval and its node), kept
-    /// until its deadline while pending and ten minutes once decided.
+    /// Keeps this gateway's approvals visible to the fleet: one field per
+    /// approval in the hash `<prefix>:approvals` (the approval, its node and
+    /// how long it is worth showing: its deadline while pending, ten
+    /// minutes once decided; readers skip older ones, pruning drops them).
     async fn mirror_approvals(
         &self,
         shared: &Arc<Shared>,
@@ -695,23 +696,29 @@ impl Fleet {
             if mirrored.contains(&a.id) {
                 continue;
             }
-            let v = serde_json::json!({"node": self.cfg.node, "approval": a});
-            pipe.cmd("SET")
-                .arg(self.key(&format!("approval:{}", a.id)))
+            let v = serde_json::json!({
+                "node": self.cfg.node,
+                "approval": a,
+                "keep_until_ms": a.deadline_ms.max(now) + 60_000,
+            });
+            pipe.cmd("HSET")
+                .arg(self.key("approvals"))
+                .arg(&a.id)
                 .arg(v.to_string())
-                .arg("PX")
-                .arg((a.deadline_ms - now).max(1000) + 60_000)
                 .ignore();
         }
         // Decided (or expired) since the last look: the final state.
         for id in mirrored.difference(&now_pending) {
             if let Ok(Some(a)) = agent.approvals.get(id) {
-                let v = serde_json::json!({"node": self.cfg.node, "approval": a});
-                pipe.cmd("SET")
-                    .arg(self.key(&format!("approval:{id}")))
+                let v = serde_json::json!({
+                    "node": self.cfg.node,
+                    "approval": a,
+                    "keep_until_ms": now + 600_000,
+                });
+                pipe.cmd("HSET")
+                    .arg(self.key("approvals"))
+                    .arg(id)
                     .arg(v.to_string())
-                    .arg("PX")
-                    .arg(600_000)
                     .ignore();
             }
         }
@@ -759,65 +766,54 @@ impl Fleet {
 
     /// One approval another gateway mirrored (any status).
     pub async fn remote_approval(&self, id: &str) -> Option<crate::agent::approvals::Approval> {
-        let key = self.key(&format!("approval:{id}"));
-        let fut = async {
-            let mut c = self.conn().await?;
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async::<Option<String>>(&mut c)
-                .await
-        };
-        let v = tokio::time::timeout(Duration::from_secs(1), fut)
+        let v = tokio::time::timeout(Duration::from_secs(1), self.mirrored_approval(id))
             .await
             .ok()?
             .ok()??;
-        let v: serde_json::Value = serde_json::from_str(&v).ok()?;
         serde_json::from_value(v["approval"].clone()).ok()
+    }
+
+    /// The mirror of one approval, if still worth showing.
+    async fn mirrored_approval(&self, id: &str) -> redis::RedisResult<Option<serde_json::Value>> {
+        let mut c = self.conn().await?;
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(self.key("approvals"))
+            .arg(id)
+            .query_async(&mut c)
+            .await?;
+        Ok(
+            v.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+                .filter(|v| v["keep_until_ms"].as_i64().unwrap_or(0) > now_ms()),
+        )
     }
 
     /// Pending approvals of the other gateways.
     pub async fn remote_approvals(&self) -> Vec<serde_json::Value> {
         let fut = async {
             let mut c = self.conn().await?;
-            // SCAN, not KEYS: never block Redis for the whole keyspace.
-            let mut keys: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(self.key("approval:*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await?;
-                keys.extend(batch);
-                if next == 0 || keys.len() > 10_000 {
-                    break;
-                }
-                cursor = next;
-            }
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            let vals: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-            Ok::<_, redis::RedisError>(vals)
+            redis::cmd("HGETALL")
+                .arg(self.key("approvals"))
+                .query_async::<HashMap<String, String>>(&mut c)
+                .await
         };
         let vals = match tokio::time::timeout(Duration::from_secs(1), fut).await {
             Ok(Ok(v)) => v,
             _ => return Vec::new(),
         };
-        vals.into_iter()
-            .flatten()
+        let now = now_ms();
+        let mut v: Vec<serde_json::Value> = vals
+            .into_values()
             .filter_map(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
             .filter(|v| v["node"] != self.cfg.node.as_str())
+            .filter(|v| v["keep_until_ms"].as_i64().unwrap_or(0) > now)
             .map(|v| {
                 let mut a = v["approval"].clone();
                 a["node"] = v["node"].clone();
                 a
             })
-            .collect()
+            .collect();
+        v.sort_by_key(|a| std::cmp::Reverse(a["created_ms"].as_i64().unwrap_or(0)));
+        v
     }
 
     /// Decides an approval held by another gateway: the decision goes to
@@ -830,22 +826,11 @@ impl Fleet {
         by: &str,
         note: Option<&str>,
     ) -> Result<serde_json::Value, RemoteDecideError> {
-        let key = self.key(&format!("approval:{id}"));
-        let read = |c: redis::aio::ConnectionManager| {
-            let key = key.clone();
-            async move {
-                let mut c = c;
-                let v: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
-                Ok::<_, redis::RedisError>(
-                    v.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok()),
-                )
-            }
-        };
         let c = self
             .conn()
             .await
             .map_err(|e| RemoteDecideError::Unavailable(e.to_string()))?;
-        let cur = tokio::time::timeout(Duration::from_secs(1), read(c.clone()))
+        let cur = tokio::time::timeout(Duration::from_secs(1), self.mirrored_approval(id))
             .await
             .map_err(|_| RemoteDecideError::Unavailable("Redis did not answer".into()))?
             .map_err(|e| RemoteDecideError::Unavailable(e.to_string()))?
@@ -882,7 +867,7 @@ impl Fleet {
         while std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if let Ok(Ok(Some(v))) =
-                tokio::time::timeout(Duration::from_secs(1), read(c.clone())).await
+                tokio::time::timeout(Duration::from_secs(1), self.mirrored_approval(id)).await
             {
                 last = v;
                 if last["approval"]["status"] != "pending" {
@@ -1217,6 +1202,31 @@ impl Fleet {
         .map_err(|_| "pruning timed out".to_string())?
         .map_err(|e| format!("pruning: {e}"))?;
         let now = now_ms();
+        // Approvals no one needs to see any more (of any gateway).
+        let approvals: HashMap<String, String> = tokio::time::timeout(
+            Duration::from_secs(10),
+            redis::cmd("HGETALL")
+                .arg(self.key("approvals"))
+                .query_async(conn),
+        )
+        .await
+        .map_err(|_| "pruning timed out".to_string())?
+        .map_err(|e| format!("pruning: {e}"))?;
+        for (id, v) in approvals {
+            let old = serde_json::from_str::<serde_json::Value>(&v)
+                .map(|j| j["keep_until_ms"].as_i64().unwrap_or(0) + 3_600_000 < now)
+                .unwrap_or(true);
+            if old {
+                let _: i64 = self
+                    .prune
+                    .key(self.key("approvals"))
+                    .arg(&id)
+                    .arg(&v)
+                    .invoke_async(conn)
+                    .await
+                    .map_err(|e| format!("pruning: {e}"))?;
+            }
+        }
         let keep_tombstones_us = self.cfg.tombstone_ttl.as_micros() as i64;
         for (field, v) in all {
             let Ok(r) = serde_json::from_str::<FleetRecord>(&v) else {
