@@ -830,3 +830,95 @@ fn fleet_through_sentinel_follows_a_failover() {
     master.kill9();
     wait_master(&gw, p2, 30);
 }
+
+#[test]
+fn fleet_on_a_redis_cluster() {
+    // redis+cluster:// with three masters: two gateways see each other and
+    // count one route limit together.
+    use ztag_tests::gateway::{Gateway, Options, free_port};
+    let dir = TempDir::new();
+    let ports = [free_port(), free_port(), free_port()];
+    let _nodes: Vec<Proc> = ports
+        .iter()
+        .map(|p| {
+            Proc(Some(
+                Command::new("redis-server")
+                    .args(["--bind", "127.0.0.1", "--port", &p.to_string()])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                    .arg(format!("nodes-{p}.conf"))
+                    .arg("--dir")
+                    .arg(&dir.0)
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server"),
+            ))
+        })
+        .collect();
+    for p in ports {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(Instant::now() < deadline, "port {p} never opened");
+            sleep(Duration::from_millis(50));
+        }
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = Command::new("redis-cli")
+            .args(["-p", &ports[0].to_string(), "cluster", "info"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster never became ok");
+        sleep(Duration::from_millis(200));
+    }
+    let url = format!("redis+cluster://{}", addrs.join(","));
+    let gw = |node: &str| {
+        Gateway::start(Options {
+            extra_config: format!("[fleet]\nredis = \"{url}\"\nnode = \"{node}\"\n"),
+            extra_routes: "[[gateway.route]]\nname = \"limited\"\npath_prefix = \"/limited/\"\nupstream = \"echo\"\npublic = true\nrate_limit = { per_source = \"2/m\", burst = 2 }\n".into(),
+            ..Options::default()
+        })
+    };
+    let (a, b) = (gw("c-a"), gw("c-b"));
+    let status = |gw: &Gateway| -> Value {
+        let out = gw.cli(&["fleet", "status", "--json"], "");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    for g in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(status(g)["connected"] == true
+            && status(g)["peers"].as_array().is_some_and(|p| p.len() == 2))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "not in the cluster fleet: {}\n{}",
+                status(g),
+                g.log_text()
+            );
+            sleep(Duration::from_millis(100));
+        }
+    }
+    let codes = [
+        a.get("/limited/x", &[]).status,
+        b.get("/limited/x", &[]).status,
+        a.get("/limited/x", &[]).status,
+        b.get("/limited/x", &[]).status,
+    ];
+    assert_eq!(codes, [200, 200, 429, 429], "the limit is not fleet-wide");
+}

@@ -158,6 +158,38 @@ impl SentinelTarget {
     }
 }
 
+/// `redis+cluster://[user:password@]host:port[,host:port...]`: seed nodes
+/// of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterTarget {
+    /// `redis://[auth@]host:port` of each seed node.
+    pub nodes: Vec<String>,
+}
+
+/// Parses a Cluster URL; `None` when `url` is not one (or is malformed).
+pub fn parse_cluster(url: &str) -> Option<ClusterTarget> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((a, r)) => (format!("{a}@"), r),
+        None => (String::new(), rest),
+    };
+    let hosts = rest.trim_end_matches('/');
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{auth}{h}"))
+        .collect();
+    if nodes.is_empty()
+        || hosts.contains('/')
+        || nodes
+            .iter()
+            .any(|s| redis::Client::open(s.as_str()).is_err())
+    {
+        return None;
+    }
+    Some(ClusterTarget { nodes })
+}
+
 /// Parses a Sentinel URL; `None` when `url` is not one (or is malformed,
 /// which [`RawFleet::check`] reports).
 pub fn parse_sentinel(url: &str) -> Option<SentinelTarget> {
@@ -215,7 +247,14 @@ impl RawFleet {
     /// Checks `[fleet]`; `None` when no `redis` is given (fleet mode off).
     pub fn check(self, base: &std::path::Path, problems: &mut Vec<String>) -> Option<FleetConfig> {
         let redis = self.redis.filter(|s| !s.is_empty())?;
-        if redis.starts_with("redis+sentinel://") {
+        if redis.starts_with("redis+cluster://") {
+            if parse_cluster(&redis).is_none() {
+                problems.push(format!(
+                    "fleet.redis: {} is not redis+cluster://[user:password@]host:port[,host:port...]",
+                    redacted_url(&redis)
+                ));
+            }
+        } else if redis.starts_with("redis+sentinel://") {
             if parse_sentinel(&redis).is_none() {
                 problems.push(format!(
                     "fleet.redis: {} is not redis+sentinel://[user:password@]host:port[,host:port...]/master[/db]",
@@ -224,7 +263,7 @@ impl RawFleet {
             }
         } else if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             problems.push(format!(
-                "fleet.redis: {} is not a redis://, rediss:// or redis+sentinel:// URL",
+                "fleet.redis: {} is not a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL",
                 redacted_url(&redis)
             ));
         } else if let Err(e) = redis::Client::open(redis.as_str()) {
@@ -354,6 +393,18 @@ mod tests {
         assert!(p.join("").contains("redis+sentinel://"), "{p:?}");
         let (c, p) = check("redis = \"redis+sentinel://10.0.0.1:26379/m\"");
         assert!(p.is_empty() && c.is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let c = parse_cluster("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001/").unwrap();
+        assert_eq!(
+            c.nodes,
+            vec!["redis://u:p@10.0.0.1:7000", "redis://u:p@10.0.0.2:7001"]
+        );
+        assert_eq!(parse_cluster("redis+cluster://"), None);
+        let (_, p) = check("redis = \"redis+cluster://10.0.0.1:7000/2\"");
+        assert!(p.join("").contains("redis+cluster://"), "{p:?}");
     }
 
     #[test]

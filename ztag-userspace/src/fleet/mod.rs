@@ -56,13 +56,56 @@ enum Target {
     Direct(redis::Client),
     /// The master Sentinel names.
     Sentinel(config::SentinelTarget),
+    /// A Redis Cluster (commands routed by slot; the change feed through
+    /// one node, a different one after each failed session).
+    Cluster(config::ClusterTarget),
+}
+
+/// A command connection: one server, or a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    /// One server (reconnects by itself).
+    Single(redis::aio::ConnectionManager),
+    /// A cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// The master connected to now.
 struct Current {
     addr: String,
     client: redis::Client,
-    conn: redis::aio::ConnectionManager,
+    conn: Conn,
 }
 
 fn open_client(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
@@ -279,6 +322,8 @@ pub struct Fleet {
     current: arc_swap::ArcSwapOption<Current>,
     /// One (re)connection at a time.
     connecting: tokio::sync::Mutex<()>,
+    /// Cluster: which seed node carries the change feed.
+    feed_node: std::sync::atomic::AtomicUsize,
     put: redis::Script,
     prune: redis::Script,
     gcra: redis::Script,
@@ -316,16 +361,23 @@ impl Fleet {
                     .map_err(|e| anyhow::anyhow!("fleet.ca_file {}: {e}", ca.display()))?,
             ),
         };
-        let target = match config::parse_sentinel(&cfg.redis) {
-            Some(s) => Target::Sentinel(s),
-            None => Target::Direct(open_client(&cfg.redis, ca.as_deref()).map_err(|e| {
-                anyhow::anyhow!("fleet.redis {}: {e}", config::redacted_url(&cfg.redis))
-            })?),
+        let target = match (
+            config::parse_sentinel(&cfg.redis),
+            config::parse_cluster(&cfg.redis),
+        ) {
+            (Some(s), _) => Target::Sentinel(s),
+            (None, Some(c)) => Target::Cluster(c),
+            (None, None) => {
+                Target::Direct(open_client(&cfg.redis, ca.as_deref()).map_err(|e| {
+                    anyhow::anyhow!("fleet.redis {}: {e}", config::redacted_url(&cfg.redis))
+                })?)
+            }
         };
         Ok(Arc::new(Fleet {
             target,
             current: arc_swap::ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            feed_node: std::sync::atomic::AtomicUsize::new(0),
             put: redis::Script::new(PUT_LUA),
             prune: redis::Script::new(PRUNE_LUA),
             gcra: redis::Script::new(GCRA_LUA),
@@ -354,12 +406,18 @@ impl Fleet {
     }
 
     fn key(&self, what: &str) -> String {
-        format!("{}:{what}", self.cfg.prefix)
+        if matches!(self.target, Target::Cluster(_)) {
+            // One hash slot for the fleet's keys: its scripts and pipelines
+            // touch several of them.
+            format!("{{{}}}:{what}", self.cfg.prefix)
+        } else {
+            format!("{}:{what}", self.cfg.prefix)
+        }
     }
 
     /// The command connection to the current master (connecting first if
     /// there is none yet).
-    async fn conn(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    async fn conn(&self) -> redis::RedisResult<Conn> {
         if let Some(c) = self.current.load_full() {
             return Ok(c.conn.clone());
         }
@@ -372,6 +430,30 @@ impl Fleet {
     async fn connect(&self, recheck: bool) -> redis::RedisResult<Arc<Current>> {
         let _one = self.connecting.lock().await;
         let cur = self.current.load_full();
+        if let Target::Cluster(t) = &self.target {
+            // The cluster connection follows the topology by itself; the
+            // change feed moves to the next node at each new session.
+            let n = self
+                .feed_node
+                .fetch_add(usize::from(recheck), Ordering::Relaxed);
+            let node = &t.nodes[n % t.nodes.len()];
+            let client = redis::Client::open(node.as_str())?;
+            let conn = match &cur {
+                Some(c) => c.conn.clone(),
+                None => Conn::Cluster(
+                    redis::cluster::ClusterClient::new(t.nodes.clone())?
+                        .get_async_connection()
+                        .await?,
+                ),
+            };
+            let c = Arc::new(Current {
+                addr: client.get_connection_info().addr().to_string(),
+                client,
+                conn,
+            });
+            self.current.store(Some(c.clone()));
+            return Ok(c);
+        }
         if let Some(c) = &cur
             && !(recheck && matches!(self.target, Target::Sentinel(_)))
         {
@@ -380,6 +462,7 @@ impl Fleet {
         let client = match &self.target {
             Target::Direct(c) => c.clone(),
             Target::Sentinel(s) => self.ask_sentinels(s).await?,
+            Target::Cluster(_) => unreachable!("handled above"),
         };
         let addr = client.get_connection_info().addr().to_string();
         if let Some(c) = &cur
@@ -391,7 +474,9 @@ impl Fleet {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let conn = Conn::Single(
+            redis::aio::ConnectionManager::new_with_config(client.clone(), cfg).await?,
+        );
         if cur.is_some() {
             info!(master = %addr, "fleet: Sentinel names a new master");
         }
@@ -671,11 +756,7 @@ impl Fleet {
     /// approval in the hash `<prefix>:approvals` (the approval, its node and
     /// how long it is worth showing: its deadline while pending, ten
     /// minutes once decided; readers skip older ones, pruning drops them).
-    async fn mirror_approvals(
-        &self,
-        shared: &Arc<Shared>,
-        conn: &mut redis::aio::ConnectionManager,
-    ) -> Result<(), String> {
+    async fn mirror_approvals(&self, shared: &Arc<Shared>, conn: &mut Conn) -> Result<(), String> {
         let Some(agent) = &shared.agent else {
             return Ok(());
         };
@@ -884,7 +965,7 @@ impl Fleet {
     async fn share_risk(
         &self,
         shared: &Arc<Shared>,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut Conn,
         channel: &str,
     ) -> Result<(), String> {
         let Some(r) = &shared.risk else {
@@ -982,11 +1063,7 @@ impl Fleet {
 
     /// Sends the outbox, oldest first; a record leaves it once Redis has
     /// it. One Redis superseded is replaced here by the winner.
-    async fn flush(
-        &self,
-        shared: &Arc<Shared>,
-        conn: &mut redis::aio::ConnectionManager,
-    ) -> Result<(), String> {
+    async fn flush(&self, shared: &Arc<Shared>, conn: &mut Conn) -> Result<(), String> {
         loop {
             let s = shared.clone();
             let batch = tokio::task::spawn_blocking(move || match &s.enforcer {
@@ -1071,11 +1148,7 @@ impl Fleet {
     }
 
     /// Writes one record; `Ok(Some(winner))` when Redis holds a newer one.
-    async fn put(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-        rec: &FleetRecord,
-    ) -> Result<Option<FleetRecord>, String> {
+    async fn put(&self, conn: &mut Conn, rec: &FleetRecord) -> Result<Option<FleetRecord>, String> {
         let json = serde_json::to_string(rec).map_err(|e| e.to_string())?;
         let r: redis::Value = tokio::time::timeout(
             Duration::from_secs(2),
@@ -1099,11 +1172,7 @@ impl Fleet {
     }
 
     /// Makes the local lists match Redis; sends local entries Redis lacks.
-    async fn resync(
-        &self,
-        shared: &Arc<Shared>,
-        conn: &mut redis::aio::ConnectionManager,
-    ) -> Result<(), String> {
+    async fn resync(&self, shared: &Arc<Shared>, conn: &mut Conn) -> Result<(), String> {
         let all: HashMap<String, String> = tokio::time::timeout(
             Duration::from_secs(10),
             redis::cmd("HGETALL")
@@ -1156,7 +1225,7 @@ impl Fleet {
         Ok(())
     }
 
-    async fn heartbeat(&self, conn: &mut redis::aio::ConnectionManager) -> Result<(), String> {
+    async fn heartbeat(&self, conn: &mut Conn) -> Result<(), String> {
         let me = Peer {
             node: self.cfg.node.clone(),
             seen_ms: now_ms(),
@@ -1191,7 +1260,7 @@ impl Fleet {
     }
 
     /// Deletes expired adds and tombstones older than `tombstone_ttl`.
-    async fn prune(&self, conn: &mut redis::aio::ConnectionManager) -> Result<(), String> {
+    async fn prune(&self, conn: &mut Conn) -> Result<(), String> {
         let all: HashMap<String, String> = tokio::time::timeout(Duration::from_secs(10), async {
             redis::cmd("HGETALL")
                 .arg(self.key("lists"))
