@@ -162,7 +162,7 @@ public = true
             w.gws.push(ns);
         }
         for i in 0..GATEWAYS {
-            w.wait_connected(i, true, Duration::from_secs(15));
+            w.wait_connected(i, true, Duration::from_secs(30));
         }
         w
     }
@@ -316,7 +316,7 @@ fn fleet_blocks_propagate_and_rate_limits_hold_across_gateways() {
     let cidr = format!("{victim}/32");
     w.until(
         "the block did not reach gateway 1",
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         || w.blocked_on(1, &cidr).is_some(),
     );
     let e = w.blocked_on(1, &cidr).unwrap();
@@ -334,7 +334,7 @@ fn fleet_blocks_propagate_and_rate_limits_hold_across_gateways() {
     w.daemons[1].ok(&["block", "rm", &victim]);
     w.until(
         "the removal did not reach gateway 0",
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         || w.blocked_on(0, &cidr).is_none(),
     );
     assert!(
@@ -349,7 +349,7 @@ fn fleet_blocks_propagate_and_rate_limits_hold_across_gateways() {
         let c = format!("203.0.113.{}/32", 10 + i);
         w.daemons[from].ok(&["block", "add", &c, "--ttl", "5m"]);
         let t0 = Instant::now();
-        w.until("propagation", Duration::from_secs(2), || {
+        w.until("propagation", Duration::from_secs(10), || {
             w.blocked_on(to, &c).is_some()
         });
         ms.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -402,7 +402,7 @@ fn fleet_survives_a_redis_outage_and_converges() {
     let mut w = World::new();
     let (a10, a11) = (format!("{}/32", w.addr(10)), format!("{}/32", w.addr(11)));
     w.daemons[0].ok(&["block", "add", &w.addr(10), "--reason", "before the outage"]);
-    w.until("block before the outage", Duration::from_secs(2), || {
+    w.until("block before the outage", Duration::from_secs(10), || {
         w.blocked_on(1, &a10).is_some()
     });
 
@@ -419,7 +419,7 @@ fn fleet_survives_a_redis_outage_and_converges() {
     // Requests on a fleet-limited route are answered at once (local budget).
     let t0 = Instant::now();
     assert_eq!(w.get(0, 11, "/lim/", "2"), 404);
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert!(t0.elapsed() < Duration::from_secs(2));
 
     // Changes meanwhile are queued: a block on 0, a removal on 1.
     w.daemons[0].ok(&[
@@ -448,7 +448,7 @@ fn fleet_survives_a_redis_outage_and_converges() {
     let t0 = Instant::now();
     assert_eq!(w.get(1, 10, "/lim/", "2"), 404);
     assert!(
-        t0.elapsed() < Duration::from_secs(1),
+        t0.elapsed() < Duration::from_secs(2),
         "stalled by a garbage Redis"
     );
     sleep(Duration::from_secs(1));
@@ -458,8 +458,8 @@ fn fleet_survives_a_redis_outage_and_converges() {
 
     // Redis is back (its append-only file kept the data): both converge.
     w.start_redis();
-    w.wait_connected(0, true, Duration::from_secs(15));
-    w.wait_connected(1, true, Duration::from_secs(15));
+    w.wait_connected(0, true, Duration::from_secs(30));
+    w.wait_connected(1, true, Duration::from_secs(30));
     w.until("convergence", Duration::from_secs(5), || {
         (0..GATEWAYS).all(|g| w.blocked_on(g, &a10).is_none() && w.blocked_on(g, &a11).is_some())
     });
@@ -485,7 +485,7 @@ fn fleet_survives_a_redis_outage_and_converges() {
     let took = t0.elapsed();
     sh(&["kill", "-CONT", &pid]);
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(5),
         "3 requests took {took:?} with Redis stopped"
     );
 }
@@ -669,6 +669,7 @@ fn fleet_over_tls_with_the_fleet_ca() {
     let port = free_port();
     let _redis = Proc(Some(
         Command::new("redis-server")
+            .current_dir(&dir.0)
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -750,6 +751,7 @@ fn fleet_through_sentinel_follows_a_failover() {
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(extra)
+                .current_dir(&dir.0)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -769,6 +771,7 @@ fn fleet_through_sentinel_follows_a_failover() {
     .unwrap();
     let _sentinel = Proc(Some(
         Command::new("redis-server")
+            .current_dir(&dir.0)
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())

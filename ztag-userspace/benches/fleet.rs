@@ -43,6 +43,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn redis(port: u16) -> Kill {
     let k = Kill(
         Command::new("redis-server")
+            .current_dir(std::env::temp_dir())
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
