@@ -894,7 +894,7 @@ fn fleet_on_a_redis_cluster() {
     let gw = |node: &str| {
         Gateway::start(Options {
             extra_config: format!("[fleet]\nredis = \"{url}\"\nnode = \"{node}\"\n"),
-            extra_routes: "[[gateway.route]]\nname = \"limited\"\npath_prefix = \"/limited/\"\nupstream = \"echo\"\npublic = true\nrate_limit = { per_source = \"2/m\", burst = 2 }\n".into(),
+            extra_routes: "[[gateway.route]]\nname = \"limited\"\npath_prefix = \"/limited/\"\nupstream = \"echo\"\npublic = true\nrate_limit = { per_source = \"2/m\", burst = 2 }\n[[gateway.route]]\nname = \"held\"\npath_prefix = \"/held/\"\nupstream = \"echo\"\npublic = true\napproval = \"required\"\napproval_timeout = \"60s\"\n".into(),
             ..Options::default()
         })
     };
@@ -924,4 +924,44 @@ fn fleet_on_a_redis_cluster() {
         b.get("/limited/x", &[]).status,
     ];
     assert_eq!(codes, [200, 200, 429, 429], "the limit is not fleet-wide");
+
+    // The change feed and the shared hashes work on the cluster too: a
+    // request held on a is approved on b and completes.
+    let port = a.plain_port;
+    let caller = std::thread::spawn(move || {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "50",
+            ])
+            .arg(format!("http://127.0.0.1:{port}/held/x"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let id = loop {
+        let out = b.cli(&["approvals", "list", "--status", "pending", "--json"], "");
+        let l: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(x) = l.iter().find(|x| x["target"] == "GET /held/x") {
+            break x["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held request never showed on b"
+        );
+        sleep(Duration::from_millis(100));
+    };
+    let out = b.cli(&["approvals", "approve", &id, "--by", "carol"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(caller.join().unwrap(), "200");
 }
