@@ -969,25 +969,20 @@ impl Dashboard {
             .unwrap_or_default()
             .trim()
             .to_ascii_lowercase();
-        let entries = match lock(shared).and_then(|e| e.list(None)) {
+        // Filtered and limited in SQL: a list of a million entries is not
+        // read on every refresh.
+        let found = lock(shared).and_then(|e| {
+            let total: u64 = e.entry_counts().iter().map(|(_, n)| n).sum();
+            Ok((e.search(&q, MAX_ROWS)?, total))
+        });
+        let (entries, total) = match found {
             Ok(v) => v,
-            Err(crate::xdp::lists::ListError::Disabled) => Vec::new(),
+            Err(crate::xdp::lists::ListError::Disabled) => (Vec::new(), 0),
             Err(e) => return super::list_error(e),
         };
         let hits = shared.hits.per_entry(&entries);
-        let total = entries.len();
         let rows: Vec<serde_json::Value> = entries
             .iter()
-            .filter(|e| {
-                q.is_empty()
-                    || e.cidr.contains(&q)
-                    || e.origin.as_str().contains(&q)
-                    || e.kind.as_str().contains(&q)
-                    || e.reason
-                        .as_deref()
-                        .is_some_and(|r| r.to_ascii_lowercase().contains(&q))
-            })
-            .take(MAX_ROWS)
             .map(|e| {
                 let sampled = e
                     .cidr

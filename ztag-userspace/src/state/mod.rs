@@ -310,6 +310,26 @@ impl StateDb {
         )
     }
 
+    /// Live entries whose prefix, list, origin or reason contains `q`
+    /// (case-insensitive; every entry when `q` is empty), newest first, at
+    /// most `limit`: what the dashboard shows, without reading a
+    /// million-entry list on every refresh.
+    pub fn search(&self, q: &str, now_ms: i64, limit: usize) -> Result<Vec<Entry>, StateError> {
+        let pattern = format!(
+            "%{}%",
+            q.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        self.select(
+            "WHERE (e.expires_at_ms IS NULL OR e.expires_at_ms > ?3)
+               AND (?1 = '' OR e.cidr LIKE ?2 ESCAPE '\\' OR e.kind LIKE ?2 ESCAPE '\\'
+                    OR e.origin LIKE ?2 ESCAPE '\\' OR r.text LIKE ?2 ESCAPE '\\')
+             ORDER BY e.created_at_ms DESC LIMIT ?4",
+            params![q, pattern, now_ms, limit as i64],
+        )
+    }
+
     /// One entry, if stored.
     pub fn get(&self, kind: ListKind, cidr: &IpNet) -> Result<Option<Entry>, StateError> {
         Ok(self
@@ -602,6 +622,31 @@ mod tests {
             created_at_ms: 1,
             origin: Origin::Cli,
         }
+    }
+
+    #[test]
+    fn search_filters_in_sql_and_stops_at_the_limit() {
+        let mut db = StateDb::in_memory().unwrap();
+        let tx = db.transaction().unwrap();
+        for i in 0..50 {
+            let mut e = entry(ListKind::Block, &format!("10.0.{i}.0/24"), None);
+            e.created_at_ms = i;
+            Writer::upsert(&tx, &e).unwrap();
+        }
+        let mut odd = entry(ListKind::Allow, "192.0.2.0/24", None);
+        odd.reason_id = Writer::reason_id(&tx, Some("100%_partner")).unwrap();
+        odd.reason = Some("100%_partner".into());
+        Writer::upsert(&tx, &odd).unwrap();
+        Writer::upsert(&tx, &entry(ListKind::Block, "198.51.100.0/24", Some(5))).unwrap();
+        tx.commit().unwrap();
+        let all = db.search("", 10, 1000).unwrap();
+        assert_eq!(all.len(), 51, "the expired entry is not shown");
+        assert_eq!(db.search("", 10, 7).unwrap().len(), 7);
+        assert_eq!(db.search("10.0.4", 10, 1000).unwrap().len(), 11);
+        // LIKE's wildcards in the query are plain characters.
+        let p = db.search("%_p", 10, 1000).unwrap();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(db.search("ALLOW", 10, 1000).unwrap().len(), 1);
     }
 
     #[test]

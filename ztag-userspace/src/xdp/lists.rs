@@ -625,6 +625,17 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Live entries matching `q` (see [`StateDb::search`]), newest first.
+    pub fn search(&self, q: &str, limit: usize) -> Result<Vec<EntryView>, ListError> {
+        let now = now_ms();
+        Ok(self
+            .db
+            .search(q, now, limit)?
+            .iter()
+            .map(|e| EntryView::from_entry(e, now))
+            .collect())
+    }
+
     /// Entries of one list (or all).
     pub fn list(&self, kind: Option<ListKind>) -> Result<Vec<EntryView>, ListError> {
         let now = now_ms();

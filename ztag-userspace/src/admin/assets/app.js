@@ -200,7 +200,8 @@ async function loadBlocklist() {
   });
   if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 7, class: 'muted', text: l.xdp ? 'No entries.' : 'The kernel plane is off (xdp.enabled = false).' })));
   body.replaceChildren(...rows);
-  $('#list-count').textContent = (q ? l.entries.length + ' of ' : '') + l.total + ' entries · hits estimated from 1-in-' + l.sample_one_in + ' sampled drops';
+  const shown = l.entries.length < l.total ? (q ? '' : 'newest ') + l.entries.length + ' of ' : '';
+  $('#list-count').textContent = shown + l.total + ' entries · hits estimated from 1-in-' + l.sample_one_in + ' sampled drops';
   $('#events-table tbody').replaceChildren(...ev.slice(0, 20).map((e) => el('tr', {},
     el('td', { text: time(e.time_ms) }), el('td', { class: 'mono', text: e.source }),
     el('td', { text: e.interface }), el('td', { text: e.reason }))));
