@@ -1107,6 +1107,14 @@ impl LoopbackRedis {
         }
         LoopbackRedis { _proc: proc, port }
     }
+
+    /// `[fleet]` on this Redis as `node`, with the world's `fleet.key`.
+    fn fleet_toml(&self, node: &str) -> String {
+        format!(
+            "[fleet]\nredis = \"redis://127.0.0.1:{}\"\nnode = \"{node}\"\nsession_key_file = \"fleet.key\"\n",
+            self.port
+        )
+    }
 }
 
 #[test]
@@ -1115,11 +1123,7 @@ fn mcp_federated_sessions_live_in_their_sealed_id() {
     // it (here: the same one after a restart, with an empty memory)
     // continues it; another subject cannot.
     let redis = LoopbackRedis::start();
-    let more = format!(
-        "[fleet]\nredis = \"redis://127.0.0.1:{}\"\nnode = \"gw-1\"\nsession_key_file = \"fleet.key\"\n",
-        redis.port
-    );
-    let mut w = world_full(300, true, &more);
+    let mut w = world_full(300, true, &redis.fleet_toml("gw-1"));
     ok(
         &w.gw.fga(&[
             "tuple",
@@ -1183,11 +1187,7 @@ fn token_exchange_results_are_shared_through_the_fleet() {
     // that did not make the exchange (here: the same one after a restart)
     // uses it without asking the token endpoint again.
     let redis = LoopbackRedis::start();
-    let more = format!(
-        "[fleet]\nredis = \"redis://127.0.0.1:{}\"\nnode = \"gw-x\"\nsession_key_file = \"fleet.key\"\n",
-        redis.port
-    );
-    let mut w = world_full(300, false, &more);
+    let mut w = world_full(300, false, &redis.fleet_toml("gw-x"));
     let alice = w.gw.token(Alg::ES256, "alice", "api");
     let auth = format!("Bearer {alice}");
     let r = w.gw.get("/exchange/events", &[("Authorization", &auth)]);
