@@ -18,14 +18,25 @@ pub fn run(args: TestArgs) -> Result<()> {
     header("setup");
     setup::run()?;
 
+    // A fresh CI checkout gains nothing from incremental compilation; its
+    // caches would take gigabytes of disk for one build.
+    let ci = env::var("CI").is_ok_and(|v| v == "true");
+    let cargo = |args: &[&str]| {
+        let mut c = crate::cargo(args.iter().copied());
+        if ci {
+            c.env("CARGO_INCREMENTAL", "0");
+        }
+        c
+    };
+
     if !args.no_lint {
         header("cargo fmt --all -- --check");
-        run_command(&mut crate::cargo(["fmt", "--all", "--", "--check"]))?;
+        run_command(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
 
         // The default members: ztag-ebpf builds only for the BPF target
         // (through ztag-userspace's build.rs), never for the host.
         header("cargo clippy --all-targets -- -D warnings");
-        run_command(&mut crate::cargo([
+        run_command(&mut cargo(&[
             "clippy",
             "--all-targets",
             "--",
@@ -35,11 +46,11 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
 
     header("cargo build --all-targets");
-    run_command(&mut crate::cargo(["build", "--all-targets"]))?;
+    run_command(&mut cargo(&["build", "--all-targets"]))?;
 
     header("cargo test");
-    let mut test = crate::cargo(["test"]);
-    if env::var("CI").is_ok_and(|v| v == "true") {
+    let mut test = cargo(&["test"]);
+    if ci {
         eprintln!("CI=true: exporting ZTAG_REQUIRE_PRIVILEGED=1 (skips become failures)");
         test.env("ZTAG_REQUIRE_PRIVILEGED", "1");
     }
