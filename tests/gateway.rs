@@ -1652,3 +1652,164 @@ fn traces_follow_the_client_context_and_reach_the_otlp_collector() {
     let body = got.lock().unwrap()[0].to_string();
     assert!(body.contains("ztag-test"), "{body}");
 }
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_and_accepts_no_new_connection() {
+    let mut g = Gateway::start(Options {
+        extra_config: "[process]\ndrain_timeout = \"5s\"\n".into(),
+        ..Options::default()
+    });
+    let addr = g.plain_addr();
+    let slow = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            b"GET /pool/slow HTTP/1.1\r\nHost: api.test\r\nx-echo-delay-ms: 1500\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    // The request is at the upstream when the signal comes.
+    std::thread::sleep(Duration::from_millis(400));
+    let mut proc = std::mem::replace(&mut g.proc, ztag_tests::Proc(None));
+    let waiter = std::thread::spawn(move || proc.terminate(Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "a new connection was accepted while draining"
+    );
+    let reply = slow.join().unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "the request in flight did not finish: {reply:?}\n{}",
+        g.log_text()
+    );
+    let status = waiter
+        .join()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM:\n{}", g.log_text()));
+    assert!(status.success(), "{status}\n{}", g.log_text());
+    assert!(
+        g.log_text().contains("drained: no connection left open"),
+        "{}",
+        g.log_text()
+    );
+}
+
+/// The base64 lines of a PEM file's body (what would leak if a key did).
+fn pem_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn secrets_stay_out_of_logs_metrics_errors_and_help() {
+    const VAULT_KEY: &str = "c2VjcmV0LXZhdWx0LWtleS0zMi1ieXRlcy1sb25nISE=";
+    let mut g = Gateway::start(Options {
+        files: vec![("vault.key".into(), format!("{VAULT_KEY}\n"))],
+        extra_config: "[agent.vault]\nkey_file = \"vault.key\"\n".into(),
+        ..Options::default()
+    });
+    let d = g.dir.0.clone();
+    let mut secrets: Vec<String> = vec![VAULT_KEY.into(), ztag_tests::gateway::ADMIN_TOKEN.into()];
+    for key in ["api.key", "other.key", "client.key"] {
+        if d.join(key).exists() {
+            secrets.extend(pem_lines(&d.join(key)));
+        }
+    }
+    assert!(secrets.len() > 4, "key files of the harness: {secrets:?}");
+    // Traffic that logs: good and bad tokens, a reload, a dashboard login
+    // with a wrong token.
+    let good = g.token(Alg::ES256, "alice", "api:read");
+    let _ = g.get("/v1/x", &[("Authorization", &bearer(&good))]);
+    let _ = g.get("/v1/x", &[("Authorization", "Bearer not.a.token")]);
+    ztag_tests::sh(&["kill", "-HUP", &g.proc.pid().unwrap().to_string()]);
+    sleep(Duration::from_millis(300));
+    let metrics = g.metrics();
+    g.restart();
+    let log = g.log_text();
+    let mut leaks = Vec::new();
+    let mut look = |what: &str, text: &str| {
+        for s in &secrets {
+            if text.contains(s.as_str()) {
+                leaks.push(format!("{what} shows {s:?}"));
+            }
+        }
+    };
+    look("the daemon log", &log);
+    look("/metrics", &metrics);
+    // --help of every subcommand.
+    let help = |args: &[&str]| {
+        let out = Command::new(ztag_tests::ztag_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let top = help(&["--help"]);
+    look("ztag --help", &top);
+    for sub in [
+        "run",
+        "check-config",
+        "block",
+        "allow",
+        "fga",
+        "vault",
+        "approvals",
+        "risk",
+        "fleet",
+        "inspect",
+        "detach",
+        "stats",
+        "events",
+        "top",
+        "audit",
+    ] {
+        look(&format!("ztag {sub} --help"), &help(&[sub, "--help"]));
+    }
+    // Errors about the secret files name the file, not what is in it.
+    std::fs::write(d.join("bad-vault.key"), "c2VjcmV0LWJ1dC10b28tc2hvcnQ=\n").unwrap();
+    std::fs::write(
+        d.join("bad-tls.key"),
+        "-----BEGIN PRIVATE KEY-----\nTUlJRXZRSUJBREFOQmdrcWhraUc5dzBCQVFFRkFBU0NCS2N3Z2dTakFnRUFBb0lCQVFD\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let secrets2 = [
+        "c2VjcmV0LWJ1dC10b28tc2hvcnQ=",
+        "TUlJRXZRSUJBREFOQmdrcWhraUc5dzBCQVFFRkFBU0NCS2N3Z2dTakFnRUFBb0lCQVFD",
+    ];
+    let config = std::fs::read_to_string(&g.config)
+        .unwrap()
+        .replace("key_file = \"vault.key\"", "key_file = \"bad-vault.key\"")
+        .replace("api.key", "bad-tls.key");
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, config).unwrap();
+    for args in [
+        vec!["check-config", "--config", bad.to_str().unwrap()],
+        vec!["run", "--config", bad.to_str().unwrap()],
+    ] {
+        let out = Command::new(ztag_tests::ztag_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted bad keys");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("bad-tls.key") || text.contains("bad-vault.key"),
+            "{args:?}: the error names no file:\n{text}"
+        );
+        for s in secrets2 {
+            if text.contains(s) {
+                leaks.push(format!("ztag {args:?} error shows {s:?}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}

@@ -383,3 +383,120 @@ fn sighup_applies_a_new_rate_limit_and_survives_a_bad_file() {
         "no SYN was rate limited after the reload"
     );
 }
+
+/// Every thread of the daemon, from /proc: (uids, gids, CapEff, CapPrm,
+/// CapBnd, NoNewPrivs).
+fn thread_creds(pid: u32) -> Vec<(String, String, u64, u64, u64, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}:")))
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let hex = |k: &str| u64::from_str_radix(&field(k), 16).unwrap();
+        out.push((
+            field("Uid"),
+            field("Gid"),
+            hex("CapEff"),
+            hex("CapPrm"),
+            hex("CapBnd"),
+            field("NoNewPrivs"),
+        ));
+    }
+    out
+}
+
+#[test]
+fn runs_as_a_dedicated_user_with_two_capabilities_and_detaches_on_exit() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !privileged("runs_as_a_dedicated_user_with_two_capabilities_and_detaches_on_exit") {
+        return;
+    }
+    let pins = PinDir::new();
+    let dir = TempDir::new();
+    let topo = Topology::new();
+    let mut d = Daemon::start_full(
+        &topo.srv,
+        &topo.srv_if,
+        "skb",
+        &pins,
+        &dir,
+        "socket_group = \"nogroup\"",
+        "[process]\nuser = \"nobody\"\ndrain_timeout = \"2s\"\ndetach_on_exit = true\n",
+    );
+    let pid = d.proc.pid().unwrap();
+    // The start line says so (the admin socket answers a moment before),
+    // and every thread shows it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("privileges dropped") {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        sleep(Duration::from_millis(20));
+    }
+    let bpf_and_net_admin = (1u64 << 39) | (1 << 12);
+    let threads = thread_creds(pid);
+    assert!(threads.len() > 1, "the runtime has threads: {threads:?}");
+    for t in &threads {
+        assert_eq!(
+            t.0, "65534 65534 65534 65534",
+            "uids of a thread: {threads:?}"
+        );
+        assert_eq!(
+            t.1, "65534 65534 65534 65534",
+            "gids of a thread: {threads:?}"
+        );
+        assert_eq!(
+            (t.2, t.3, t.4),
+            (bpf_and_net_admin, bpf_and_net_admin, bpf_and_net_admin),
+            "capabilities of a thread: {threads:?}"
+        );
+        assert_eq!(t.5, "1", "no_new_privs: {threads:?}");
+    }
+    // The admin socket: the group may use it, nobody else.
+    let m = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o660);
+    assert_eq!(m.gid(), 65534);
+    // With only CAP_BPF and CAP_NET_ADMIN the daemon still blocks and
+    // unblocks in the kernel, and writes its state DB.
+    assert!(topo.served(2));
+    d.ok(&["block", "add", &topo.addr(2), "--reason", "least privilege"]);
+    assert!(!topo.served(2), "blocked after the switch");
+    d.ok(&["block", "rm", &topo.addr(2)]);
+    assert!(topo.served(2), "unblocked");
+    let list = d.ok(&["block", "list", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "{list}"
+    );
+    // SIGTERM: drained, then (detach_on_exit) the pins go and the program
+    // leaves the interface.
+    assert!(pins.0.join("links").is_dir());
+    let status = d
+        .proc
+        .terminate(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM:\n{}", d.log_text()));
+    assert!(status.success(), "exit status {status}:\n{}", d.log_text());
+    let log = d.log_text();
+    assert!(log.contains("detach_on_exit: removed"), "{log}");
+    assert!(
+        !pins.0.exists(),
+        "pin dir {} still there:\n{log}",
+        pins.0.display()
+    );
+    let link = std::process::Command::new("ip")
+        .args(["-n", &topo.srv.name, "link", "show", &topo.srv_if])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("xdp"), "still attached: {link}");
+}

@@ -217,6 +217,24 @@ impl Proc {
     pub fn pid(&self) -> Option<u32> {
         self.0.as_ref().map(|c| c.id())
     }
+
+    /// Sends SIGTERM and waits for the exit (`None` if still running
+    /// after `within`; the process is then left to the drop's SIGKILL).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.0.as_mut()?;
+        sh(&["kill", "-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.0 = None;
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Proc {

@@ -31,9 +31,23 @@ pub struct Cli {
     /// Admin socket of the running daemon.
     #[arg(long, global = true, env = "ZTAG_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     pub socket: PathBuf,
+    /// Log lines as text on stderr, or as JSON objects on stdout (one per
+    /// line: time, level, target, message and fields; for journald or a
+    /// log collector). The level is set with ZTAG_LOG (default: info).
+    #[arg(long, global = true, env = "ZTAG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stdout.
+    Json,
 }
 
 /// Subcommands.
@@ -182,6 +196,15 @@ pub struct RunArgs {
     /// Attach mode instead of xdp.mode: native, skb, tc or auto.
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<AttachMode>,
+    /// Run as this user once attached and bound (instead of
+    /// process.user); it keeps only CAP_BPF, CAP_NET_ADMIN and, for ports
+    /// below 1024, CAP_NET_BIND_SERVICE.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// On exit, detach the program and remove its pinned maps (default:
+    /// they stay and keep dropping blocked sources; process.detach_on_exit).
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 fn parse_mode(s: &str) -> Result<AttachMode, String> {
@@ -260,6 +283,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             if let Some(m) = args.mode {
                 config.xdp.mode = m;
             }
+            if let Some(u) = args.user {
+                config.process.user = Some(u);
+            }
+            if args.detach_on_exit {
+                config.process.detach_on_exit = true;
+            }
             // Overrides given on the command line stay in force on reload.
             let reload = args.config.map(|path| crate::daemon::Reload {
                 path,
@@ -270,7 +299,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::CheckConfig { config } => {
             let c = load_config(config.as_deref())?;
-            let problems = crate::proxy::check_files(&c.gateway);
+            let mut problems = crate::proxy::check_files(&c.gateway);
+            problems.extend(crate::daemon::host_problems(&c));
             if !problems.is_empty() {
                 bail!(
                     "invalid configuration: files it names do not load:\n  {}",

@@ -80,6 +80,8 @@ pub struct Config {
     pub risk: crate::risk::config::RiskConfig,
     /// Fleet mode (`[fleet] redis = ...`); `None`: this gateway alone.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// The daemon process: the account it runs as, shutdown.
+    pub process: ProcessConfig,
     /// Directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
     /// The configuration text as loaded, for the dashboard's read-only view
@@ -138,9 +140,27 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// `token_file` is the generated default: create it when missing.
     pub token_generated: bool,
+    /// Group that may use the admin socket (mode 0660); `None`: 0600,
+    /// the daemon's user only.
+    pub socket_group: Option<String>,
     /// HTTPS on the TCP listener (`tls_cert`, `tls_key`, optional
     /// `client_ca`); required when `listen` is not a loopback address.
     pub tls: Option<crate::proxy::config::TlsConfig>,
+}
+
+/// `[process]`
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// After attaching and binding, switch to this user (name or uid).
+    pub user: Option<String>,
+    /// ... and this group (default: the user's primary group).
+    pub group: Option<String>,
+    /// On SIGTERM, open connections get this long to finish their
+    /// requests (no new ones are accepted); then the process exits.
+    pub drain_timeout: Duration,
+    /// On exit, detach the program and remove the pinned maps (default:
+    /// they stay, so the kernel keeps dropping blocked sources).
+    pub detach_on_exit: bool,
 }
 
 /// `[metrics]`
@@ -175,6 +195,17 @@ struct RawConfig {
     risk: crate::risk::config::RawRisk,
     #[serde(default)]
     fleet: crate::fleet::RawFleet,
+    #[serde(default)]
+    process: RawProcess,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    user: Option<String>,
+    group: Option<String>,
+    drain_timeout: Option<String>,
+    detach_on_exit: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -207,6 +238,7 @@ struct RawState {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
     listen: Option<String>,
     token_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
@@ -333,6 +365,7 @@ impl Config {
             agent,
             risk,
             fleet,
+            process,
         } = raw;
 
         let RawXdp {
@@ -413,6 +446,7 @@ impl Config {
         }
         let RawAdmin {
             socket,
+            socket_group,
             listen: admin_listen,
             token_file,
             tls_cert,
@@ -477,6 +511,26 @@ impl Config {
                 socket.display()
             ));
         }
+        let RawProcess {
+            user,
+            group,
+            drain_timeout,
+            detach_on_exit,
+        } = process;
+        let drain_timeout = parse_duration(
+            "process.drain_timeout",
+            drain_timeout.as_deref().unwrap_or("10s"),
+            &mut problems,
+        );
+        if user.as_deref() == Some("") {
+            problems.push("process.user: empty; leave it out to keep the starting user".into());
+        }
+        if group.is_some() && user.is_none() {
+            problems.push("process.group: needs process.user".into());
+        }
+        if socket_group.as_deref() == Some("") {
+            problems.push("admin.socket_group: empty; leave it out for a socket only the daemon's user can use".into());
+        }
         let RawMetrics { listen } = metrics;
         let listen = match listen.as_deref() {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9477))),
@@ -538,6 +592,7 @@ impl Config {
                     token_file
                 },
                 token_generated,
+                socket_group,
                 tls: admin_tls,
             },
             metrics: MetricsConfig { listen },
@@ -548,6 +603,12 @@ impl Config {
             agent,
             risk,
             fleet,
+            process: ProcessConfig {
+                user,
+                group,
+                drain_timeout,
+                detach_on_exit: detach_on_exit.unwrap_or(false),
+            },
             base_dir: base.to_path_buf(),
             text: redacted(text).into(),
         })

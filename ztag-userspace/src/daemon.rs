@@ -237,17 +237,99 @@ fn start_authz(config: &Config, registry: &prometheus::Registry) -> Result<Authz
     Ok((Some(authz), Some(Arc::new(decider))))
 }
 
+/// Problems of the host with a valid configuration: accounts and groups
+/// that `[process]` and `[admin]` name and this host does not have.
+pub fn host_problems(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(u) = &c.process.user
+        && let Err(e) = crate::privileges::resolve(u, c.process.group.as_deref())
+    {
+        out.push(e);
+    }
+    if let Some(g) = &c.admin.socket_group
+        && g.parse::<u32>().is_err()
+        && crate::privileges::group_id(g).is_none()
+    {
+        out.push(format!("admin.socket_group: no group {g:?} on this host"));
+    }
+    out
+}
+
+/// What the daemon keeps once it is attached and bound: CAP_BPF and
+/// CAP_NET_ADMIN with the kernel plane, CAP_NET_BIND_SERVICE when a
+/// listener's port is below 1024; never more than it started with.
+fn privilege_target(
+    config: &Config,
+    account: Option<crate::privileges::Account>,
+) -> Option<crate::privileges::Target> {
+    use crate::privileges::{CAP_BPF, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, Target};
+    let now = crate::privileges::current()?;
+    if now.prm == 0 && account.is_none() {
+        // Nothing to drop (an unprivileged gateway without the kernel plane).
+        return None;
+    }
+    let mut keep = 0u64;
+    if config.xdp.enabled {
+        keep |= (1 << CAP_BPF) | (1 << CAP_NET_ADMIN);
+    }
+    let low = config
+        .gateway
+        .listeners
+        .iter()
+        .map(|l| l.bind)
+        .chain(config.admin.listen)
+        .chain(config.metrics.listen)
+        .any(|a| a.port() != 0 && a.port() < 1024);
+    if low {
+        keep |= 1 << CAP_NET_BIND_SERVICE;
+    }
+    Some(Target {
+        keep: keep & now.prm,
+        account,
+    })
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads `reload.path`.
 pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     let mut config = config;
     if config.xdp.enabled && !is_root() {
         bail!(
             "ztag run must run as root: it loads eBPF programs, pins them under {} and binds {} \
-             (xdp.enabled = false runs the gateway alone)",
+             (xdp.enabled = false runs the gateway alone; process.user makes it switch to an \
+             unprivileged user once attached)",
             config.xdp.pin_dir.display(),
             config.admin.socket.display()
         );
     }
+    let problems = host_problems(&config);
+    if !problems.is_empty() {
+        return Err(StartError(problems).into());
+    }
+    let account = match &config.process.user {
+        None => None,
+        Some(u) => {
+            if !is_root() {
+                bail!("process.user = {u:?}: ztag run must start as root to switch users");
+            }
+            Some(
+                crate::privileges::resolve(u, config.process.group.as_deref())
+                    .map_err(|e| StartError(vec![e]))?,
+            )
+        }
+    };
+    let socket_gid = match &config.admin.socket_group {
+        None => None,
+        Some(g) => Some(
+            g.parse::<u32>()
+                .ok()
+                .or_else(|| crate::privileges::group_id(g))
+                .ok_or_else(|| {
+                    StartError(vec![format!(
+                        "admin.socket_group: no group {g:?} on this host"
+                    )])
+                })?,
+        ),
+    };
     raise_nofile();
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
 
@@ -379,7 +461,7 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     tokio::spawn(agent.approvals.clone().run());
     tokio::spawn(gateway.clone().run_approved(approved));
 
-    let listener = admin::bind(&config.admin.socket)
+    let listener = admin::bind(&config.admin.socket, socket_gid)
         .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;
     tokio::spawn(admin::serve(listener, shared.clone()));
     info!(socket = %config.admin.socket.display(), "admin API listening");
@@ -480,6 +562,28 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+
+    // Attached and bound: from here on only what the daemon still needs.
+    if let Some(target) = privilege_target(&config, account) {
+        if let Some(a) = account {
+            // The daemon still writes its state and (on --detach-on-exit)
+            // its pins after the switch.
+            for dir in [&config.state.dir, &config.xdp.pin_dir] {
+                crate::privileges::chown_tree(dir, a).with_context(|| {
+                    format!("giving {} to uid {} gid {}", dir.display(), a.uid, a.gid)
+                })?;
+            }
+        }
+        tokio::task::spawn_blocking(move || crate::privileges::drop_to(target))
+            .await
+            .context("dropping privileges")?
+            .map_err(|e| anyhow::anyhow!("dropping privileges: {e}"))?;
+        info!(
+            user = config.process.user.as_deref().unwrap_or("(unchanged)"),
+            capabilities = ?target.names(),
+            "privileges dropped: only these capabilities remain, no_new_privs set"
+        );
+    }
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -496,11 +600,34 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             },
         }
     }
+    let drain = config.process.drain_timeout;
+    info!(within = ?drain, "stopping: draining open connections");
+    let cut = gateway.drain(drain).await;
+    if cut > 0 {
+        warn!(
+            connections = cut,
+            "drain_timeout passed: closing the connections still open"
+        );
+    } else {
+        info!("drained: no connection left open");
+    }
     let _ = std::fs::remove_file(&config.admin.socket);
-    info!(
-        pin_dir = %config.xdp.pin_dir.display(),
-        "stopping; the program stays attached through its pinned links (`ztag detach` removes it)"
-    );
+    if config.process.detach_on_exit && shared.enforcer.is_some() {
+        match crate::xdp::detach_all(&config.xdp.pin_dir) {
+            Ok(r) => info!(
+                links = r.links.len(),
+                maps = r.maps.len(),
+                pin_dir = %config.xdp.pin_dir.display(),
+                "detach_on_exit: removed the pinned links and maps; the program detaches as the process exits"
+            ),
+            Err(e) => warn!("detach_on_exit: {e}"),
+        }
+    } else {
+        info!(
+            pin_dir = %config.xdp.pin_dir.display(),
+            "stopping; the program stays attached through its pinned links (`ztag detach` removes it)"
+        );
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod fuzzing;
 pub mod inspect;
 pub mod metrics;
+pub mod privileges;
 pub mod proxy;
 pub mod risk;
 pub mod state;

@@ -5,15 +5,25 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = ztag::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ZTAG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and journals get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZTAG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match cli.log_format {
+        // One JSON object per line on stdout, for journald or a collector
+        // (no files, so nothing to rotate).
+        ztag::cli::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .init(),
+        ztag::cli::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colours only on a terminal: log files and journals get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // `run` sizes the data plane from gateway.workers (0: one per core).
     let workers = ztag::cli::worker_threads(&cli);
     // One worker: a current-thread runtime. Every task and the IO driver

@@ -118,7 +118,9 @@ pub struct ImportResponse {
 }
 
 /// Binds the socket (replacing a stale one), mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// With `group`, the socket is given to that group with mode 0660 (its
+/// members can use the CLI); otherwise it is 0600.
+pub fn bind(path: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -139,7 +141,13 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     // SAFETY: restoring the previous mask.
     unsafe { libc::umask(old) };
     let l = l?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    match group {
+        None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?,
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        }
+    }
     Ok(l)
 }
 

@@ -369,6 +369,9 @@ pub struct Gateway {
     per_source: DashMap<IpAddr, usize>,
     http: auto::Builder<TokioExecutor>,
     epoch: Instant,
+    /// `true` once the daemon drains: listeners stop accepting and open
+    /// connections close after their current request.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 /// Per-connection facts the request phases need.
@@ -691,6 +694,7 @@ impl Gateway {
             per_source: DashMap::new(),
             http,
             epoch: Instant::now(),
+            draining: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -777,10 +781,34 @@ impl Gateway {
         })
     }
 
+    /// Stops accepting and asks every open connection to close after its
+    /// current request (HTTP/1.1: `Connection: close`; h2: GOAWAY); waits
+    /// until they are gone or `within` passes. Returns the connections
+    /// still open at the end (cut when the process exits).
+    pub async fn drain(&self, within: Duration) -> usize {
+        self.draining.send_replace(true);
+        let deadline = Instant::now() + within;
+        loop {
+            let open = self.open.load(Ordering::Relaxed);
+            if open == 0 || Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn accept_loop(self: Arc<Self>, idx: usize, listener: TcpListener) {
         let name = self.listeners[idx].cfg.name.clone();
+        let mut draining = self.draining.subscribe();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = until_draining(&mut draining) => {
+                    info!(listener = %name, "draining: no longer accepting connections");
+                    return;
+                }
+            };
+            let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -897,8 +925,15 @@ impl Gateway {
             / 4)
         .max(Duration::from_millis(50));
         let clock = &conn.clock;
+        let mut draining = self.draining.subscribe();
+        let mut closing = false;
         loop {
             tokio::select! {
+                _ = until_draining(&mut draining), if !closing => {
+                    // Finish what is in flight, then close.
+                    closing = true;
+                    served.as_mut().graceful_shutdown();
+                }
                 r = served.as_mut() => {
                     if let Err(e) = r {
                         debug!(peer = %conn.peer, "connection ended: {e}");
@@ -1923,4 +1958,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Resolves once the gateway drains (the watch's guard is not held across
+/// an await, so the futures stay `Send`).
+async fn until_draining(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
 }
