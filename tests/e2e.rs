@@ -8,6 +8,7 @@ mod fga;
 mod fleet;
 mod gateway;
 mod inspect;
+mod ops;
 mod prog_test_run;
 mod risk_netns;
 mod xdp_netns;

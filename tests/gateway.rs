@@ -979,6 +979,24 @@ fn header_and_body_limits() {
     let big = "a".repeat(20_000);
     let r = g.get("/public", &[("x-big", &big)]);
     expect_status(&r, 431, "a 20 kB header with max_header_bytes = 16384");
+    // The same head as the second request of a kept-alive connection
+    // (hyper let it through there: 431 comes from ztag's own scanner).
+    let mut s = TcpStream::connect(g.plain_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET /public HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .unwrap();
+    expect_status(
+        &ztag_tests::gateway::read_reply(&mut s),
+        200,
+        "first request on the connection",
+    );
+    s.write_all(format!("GET /public HTTP/1.1\r\nHost: {HOST}\r\nx-big: {big}\r\n\r\n").as_bytes())
+        .unwrap();
+    expect_status(
+        &ztag_tests::gateway::read_reply(&mut s),
+        431,
+        "a 20 kB header on a kept-alive connection",
+    );
     let many: Vec<(String, String)> = (0..400)
         .map(|i| (format!("x-h{i}"), "v".repeat(40)))
         .collect();
@@ -1812,4 +1830,143 @@ fn secrets_stay_out_of_logs_metrics_errors_and_help() {
         }
     }
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}
+
+/// testssl.sh (Debian's) against a TLS listener of the daemon, with a
+/// certificate as a production one would be (a CA the scan is told about,
+/// a year of validity, a CRL distribution point): no HIGH or CRITICAL
+/// finding. The summary is saved in target/test-artifacts/testssl.txt.
+#[test]
+fn testssl_finds_nothing_high_or_critical() {
+    if !ztag_tests::tool_available("testssl", "testssl_finds_nothing_high_or_critical") {
+        return;
+    }
+    let work = ztag_tests::TempDir::new();
+    let w = &work.0;
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(w)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=ztag audit CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        w.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\ncrlDistributionPoints=URI:http://crl.ztag.test/audit.crl\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "srv.crt",
+    ]);
+    let port = ztag_tests::gateway::free_port();
+    let read = |f: &str| std::fs::read_to_string(w.join(f)).unwrap();
+    let g = Gateway::start(Options {
+        files: vec![
+            ("audit.crt".into(), read("srv.crt") + &read("ca.crt")),
+            ("audit.key".into(), read("srv.key")),
+        ],
+        extra_config: format!(
+            "[[gateway.listener]]\nname = \"audit\"\nbind = \"127.0.0.1:{port}\"\n[gateway.listener.tls]\ncertificates = [{{ cert = \"audit.crt\", key = \"audit.key\" }}]\n"
+        ),
+        ..Options::default()
+    });
+    let json = w.join("testssl.json");
+    let out = Command::new("testssl")
+        .args(["--quiet", "--color", "0", "--warnings", "batch", "--add-ca"])
+        .arg(w.join("ca.crt"))
+        .arg("--jsonfile")
+        .arg(&json)
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default())
+        .unwrap_or_else(|e| {
+            panic!(
+                "no JSON from testssl ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    let mut bad = Vec::new();
+    for f in report
+        .as_array()
+        .expect("testssl --jsonfile: an array of findings")
+    {
+        let sev = f["severity"].as_str().unwrap_or("?").to_string();
+        if sev == "HIGH" || sev == "CRITICAL" {
+            bad.push(format!("{sev} {}: {}", f["id"], f["finding"]));
+        }
+        *counts.entry(sev).or_default() += 1;
+    }
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(
+        artifacts.join("testssl.txt"),
+        format!(
+            "findings by severity: {counts:?}\n\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    )
+    .unwrap();
+    assert!(
+        counts.get("OK").copied().unwrap_or(0) > 10,
+        "testssl found too little to judge: {counts:?}"
+    );
+    assert!(
+        bad.is_empty(),
+        "testssl: {}\n{counts:?}\n{}",
+        bad.join("\n"),
+        g.log_text()
+    );
 }

@@ -34,6 +34,26 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Whether `tool` is on PATH; like [`privileged`], a missing tool skips the
+/// test with a line, except under CI=true (the setup installs it) where it
+/// fails.
+pub fn tool_available(tool: &str, test: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return true;
+    }
+    let strict = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ZTAG_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+    if strict {
+        panic!("{test} needs {tool} (installed by `cargo xtask setup`)");
+    }
+    eprintln!("SKIPPED {test}: {tool} is not installed (`cargo xtask setup`)");
+    false
+}
+
 /// A short name unique to this process and call (fits interface names).
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

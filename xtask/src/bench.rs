@@ -67,6 +67,11 @@ enum Which {
     /// request, decisions/s pipelined, redis-benchmark as the peer) and the
     /// propagation of a block between two gateways (needs root).
     Fleet(FgaArgs),
+    /// A soak, not a speed test: the release `ztag` under mixed valid,
+    /// invalid and hostile load for 30 minutes (`-- --minutes N`); fails on
+    /// any unexpected answer, connection error, ERROR log line, or RSS
+    /// growth after the first minute above `--rss-bound-mb` (64).
+    Soak(FgaArgs),
 }
 
 #[derive(Args)]
@@ -130,6 +135,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             header("cargo bench -p ztag-userspace --bench fleet");
             let mut bench =
                 crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "fleet", "--"]);
+            if a.quick {
+                bench.arg("--quick");
+            }
+            bench.args(&a.args);
+            run_command(&mut bench)
+        }
+        Which::Soak(a) => {
+            build_release()?;
+            header("cargo bench -p ztag-userspace --bench soak");
+            let mut bench =
+                crate::cargo(["bench", "-p", "ztag-userspace", "--bench", "soak", "--"]);
             if a.quick {
                 bench.arg("--quick");
             }

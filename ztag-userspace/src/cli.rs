@@ -303,7 +303,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             problems.extend(crate::daemon::host_problems(&c));
             if !problems.is_empty() {
                 bail!(
-                    "invalid configuration: files it names do not load:\n  {}",
+                    "invalid configuration for this host (files that do not load, accounts it does not have):\n  {}",
                     problems.join("\n  ")
                 );
             }

@@ -11,9 +11,11 @@
 //! flags a head with both headers or with several Content-Length lines. The
 //! request is then answered 400 and the connection closed.
 //!
-//! The scanner never decides what hyper accepts: when it cannot follow the
-//! stream (a head over the size limit, bytes httparse refuses, an upgrade)
-//! it stops and leaves the connection to hyper's own checks.
+//! It also enforces `max_header_bytes` on every request head of the
+//! connection (hyper applies its own limit reliably only to the first).
+//! Otherwise the scanner never decides what hyper accepts: when it cannot
+//! follow the stream (bytes httparse refuses, an upgrade) it stops and
+//! leaves the connection to hyper's own checks.
 
 use super::headers::FramingError as Ambiguity;
 
@@ -94,7 +96,13 @@ impl H1Scanner {
                     data = rest;
                     match line {
                         Take::More => {}
-                        Take::TooLong => self.state = State::Done,
+                        // hyper enforces its buffer limit on a connection's
+                        // first request but was seen letting a 20 kB head
+                        // through on a kept-alive one: refused here, 431.
+                        Take::TooLong => {
+                            self.state = State::Done;
+                            return Some(Ambiguity::HeadTooLarge);
+                        }
                         Take::Line => {
                             let head = std::mem::take(&mut self.buf);
                             match self.head(&head) {
@@ -282,6 +290,27 @@ mod tests {
     }
 
     #[test]
+    fn a_head_over_the_limit_is_flagged_on_any_request_of_the_connection() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Junk: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        let small = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(scan_all(&[big.as_bytes()]), Some(Ambiguity::HeadTooLarge));
+        // The second request of a kept-alive connection, in pieces.
+        let mut s = H1Scanner::new(16 * 1024);
+        assert_eq!(s.feed(small), None);
+        let found = big.as_bytes().chunks(1000).find_map(|c| s.feed(c));
+        assert_eq!(found, Some(Ambiguity::HeadTooLarge));
+        // Just under the limit passes.
+        let fits = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Junk: {}\r\n\r\n",
+            "a".repeat(16 * 1024 - 60)
+        );
+        assert_eq!(scan_all(&[small, fits.as_bytes(), small]), None);
+    }
+
+    #[test]
     fn duplicate_content_length_is_flagged_even_when_equal() {
         let d = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd";
         assert_eq!(scan_all(&[d]), Some(Ambiguity::DuplicateContentLength));
@@ -302,11 +331,11 @@ mod tests {
     }
 
     #[test]
-    fn oversized_or_garbage_heads_stop_the_scanner_quietly() {
+    fn oversized_heads_are_flagged_and_garbage_stops_the_scanner_quietly() {
         let mut s = H1Scanner::new(1024);
         let big = vec![b'a'; 5000];
         assert_eq!(s.feed(b"GET / HTTP/1.1\r\nX: "), None);
-        assert_eq!(s.feed(&big), None);
+        assert_eq!(s.feed(&big), Some(Ambiguity::HeadTooLarge));
         assert!(matches!(s.state, State::Done));
         let mut s = H1Scanner::new(1024);
         assert_eq!(s.feed(b"\x00\x01garbage\r\n\r\n"), None);

@@ -71,6 +71,10 @@ pub enum FramingError {
     /// Transfer-Encoding in a version that has none (HTTP/1.0, HTTP/2).
     #[error("Transfer-Encoding not allowed in this HTTP version")]
     TransferEncodingNotAllowed,
+    /// An HTTP/1 request head longer than max_header_bytes (seen by the
+    /// connection's scanner on every request, not only the first).
+    #[error("request head larger than max_header_bytes")]
+    HeadTooLarge,
 }
 
 impl FramingError {
@@ -84,12 +88,16 @@ impl FramingError {
             FramingError::BadContentLength => "bad_content_length",
             FramingError::BadTransferEncoding => "bad_transfer_encoding",
             FramingError::TransferEncodingNotAllowed => "transfer_encoding_not_allowed",
+            FramingError::HeadTooLarge => "header_too_large",
         }
     }
 
-    /// The answer: always 400.
+    /// The answer: 431 for a head over the limit, else 400.
     pub fn status(&self) -> http::StatusCode {
-        http::StatusCode::BAD_REQUEST
+        match self {
+            FramingError::HeadTooLarge => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            _ => http::StatusCode::BAD_REQUEST,
+        }
     }
 }
 

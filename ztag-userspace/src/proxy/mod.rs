@@ -240,6 +240,7 @@ impl ProxyError {
     /// What the client is told: a category, never internals.
     fn category(&self) -> &'static str {
         match self {
+            ProxyError::Framing(FramingError::HeadTooLarge) => "request_header_fields_too_large",
             ProxyError::Framing(_) | ProxyError::Path(_) | ProxyError::BadHost => "bad_request",
             ProxyError::NoRoute => "not_found",
             ProxyError::BodyTooLarge => "payload_too_large",
@@ -435,6 +436,7 @@ impl Clock {
     fn flag(&self, a: FramingError) {
         let v = match a {
             FramingError::ContentLengthWithTransferEncoding => 1,
+            FramingError::HeadTooLarge => 3,
             _ => 2,
         };
         self.ambiguous.store(v, Ordering::Relaxed);
@@ -443,6 +445,7 @@ impl Clock {
         match self.ambiguous.load(Ordering::Relaxed) {
             0 => None,
             1 => Some(FramingError::ContentLengthWithTransferEncoding),
+            3 => Some(FramingError::HeadTooLarge),
             _ => Some(FramingError::DuplicateContentLength),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod cidr;
 pub mod lists;
+pub mod packet;
 pub mod test_run;
 
 use std::{
