@@ -124,13 +124,16 @@ struct Opts {
     nice: i32,
     keep: bool,
     latency_rate: Option<f64>,
+    /// Connection counts for the throughput-vs-concurrency sweep (reuse
+    /// tokens, one run each); empty: no sweep.
+    sweep: Vec<usize>,
 }
 
 const USAGE: &str = "\
 usage: proxy [--quick] [--rounds N] [--peak-secs S] [--latency-secs S]
              [--rss-conns N] [--no-rss] [--no-latency] [--only LIST]
              [--tokens N] [--out DIR] [--ztag PATH] [--envoy PATH]
-             [--nice N] [--keep]
+             [--nice N] [--keep] [--sweep LIST]
   --quick           1 round, 2 s peak runs, 2 s latency runs (< 3 min)
   --rounds N        rounds, proxies interleaved (median reported); default 3
   --peak-secs S     wrk run per peak figure; default 5 (quick: 2)
@@ -138,6 +141,7 @@ usage: proxy [--quick] [--rounds N] [--peak-secs S] [--latency-secs S]
   --rss-conns N     concurrent TLS connections for the memory figure; 10000
   --no-rss          skip the memory figure
   --no-latency      skip the latency figures
+  --sweep LIST      also peak req/s at these connection counts (e.g. 1,8,64,256)
   --latency-rate R  fixed rate of the latency figures (req/s); default half
                     of ztag's reuse peak of the same round
   --only LIST       proxies, comma-separated: ztag,haproxy,envoy,nginx
@@ -175,6 +179,7 @@ fn parse_opts() -> Result<Opts> {
         nice: -10,
         keep: false,
         latency_rate: None,
+        sweep: Vec::new(),
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -216,6 +221,20 @@ fn parse_opts() -> Result<Opts> {
             "--envoy" => o.envoy = value("--envoy")?.into(),
             "--nice" => o.nice = value("--nice")?.parse().context("--nice")?,
             "--keep" => o.keep = true,
+            "--sweep" => {
+                o.sweep = value("--sweep")?
+                    .split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse::<usize>()
+                            .context("--sweep: connection counts")
+                    })
+                    .collect::<Result<_>>()?;
+                ensure!(
+                    o.sweep.iter().all(|&c| c > 0),
+                    "--sweep: counts must be positive"
+                );
+            }
             "--latency-rate" => {
                 o.latency_rate = Some(value("--latency-rate")?.parse().context("--latency-rate")?)
             }
@@ -1824,6 +1843,10 @@ struct Peak {
 }
 
 fn wrk(cx: &Ctx<'_>, port: u16, tokens: &Path, secs: u64) -> Result<Peak> {
+    wrk_with(cx, port, tokens, secs, PEAK_CONNECTIONS)
+}
+
+fn wrk_with(cx: &Ctx<'_>, port: u16, tokens: &Path, secs: u64, conns: usize) -> Result<Peak> {
     check_interrupted()?;
     let script = cx.run_dir.join("tokens.lua");
     if !script.exists() {
@@ -1839,7 +1862,7 @@ fn wrk(cx: &Ctx<'_>, port: u16, tokens: &Path, secs: u64) -> Result<Peak> {
     let out = c
         .args([
             "-t1",
-            &format!("-c{PEAK_CONNECTIONS}"),
+            &format!("-c{conns}"),
             &format!("-d{secs}s"),
             "--timeout",
             "5s",
@@ -1899,6 +1922,21 @@ fn measure_peak(
     r.cpu_us_per_req =
         (p.cpu_ticks()? - cpu0) as f64 * 1e6 / ticks_per_sec() / r.requests.max(1) as f64;
     Ok(r)
+}
+
+/// Peak req/s (reuse tokens) at each connection count, one proxy process.
+fn measure_sweep(cx: &Ctx<'_>, proxy: Proxy, tls: &Arc<ClientConfig>) -> Result<Vec<(usize, f64)>> {
+    let port = free_port()?;
+    let _p = start_proxy(cx, proxy, port)?;
+    check_answers(cx, proxy, port, tls)?;
+    let m = cx.mat;
+    wrk(cx, port, &m.reuse_file, cx.o.warmup_secs).context("warm-up")?;
+    let mut out = Vec::new();
+    for &c in &cx.o.sweep {
+        let r = wrk_with(cx, port, &m.reuse_file, cx.o.peak_secs, c)?;
+        out.push((c, if peak_clean(&r) { r.rps } else { f64::NAN }));
+    }
+    Ok(out)
 }
 
 // ------------------------------------------------------------ latency
@@ -2416,6 +2454,8 @@ struct Results {
     stalls: Vec<(String, Vec<Stall>)>,
     /// How the bench's processes stood against the machine's other work.
     priority: String,
+    /// proxy → (connections, req/s) of the sweep.
+    sweep: BTreeMap<Proxy, Vec<(usize, f64)>>,
 }
 
 impl Results {
@@ -3077,6 +3117,10 @@ fn json_report(
         "peak": peak,
         "latency_rate": res.latency_rate.iter().map(|(r, why)| json!({"rps": r, "from": why})).collect::<Vec<_>>(),
         "latency": latency,
+        "sweep": res.sweep.iter().map(|(p, v)| json!({
+            "proxy": p.key(),
+            "points": v.iter().map(|(c, r)| json!({"connections": c, "rps": if r.is_finite() { json!(r) } else { Value::Null }})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "rss": rss,
         "not_applicable": res.not_applicable.iter().map(|((pat, p), why)| json!({"pattern": pat.key(), "proxy": p.key(), "reason": why})).collect::<Vec<_>>(),
         "cpu_stalls": res.stalls.iter().map(|(when, st)| json!({
@@ -3284,6 +3328,16 @@ fn real_main() -> Result<()> {
                 res.rss.entry(p).or_default().push(r);
                 check_interrupted()?;
             }
+        }
+    }
+
+    if !o.sweep.is_empty() {
+        for &p in &runnable {
+            if let Ok(v) = record(&format!("sweep {}", p.key()), measure_sweep(&cx, p, &tls)) {
+                eprintln!("sweep {:<8} {v:?}", p.key());
+                res.sweep.insert(p, v);
+            }
+            check_interrupted()?;
         }
     }
 

@@ -451,6 +451,31 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
         hits: Default::default(),
         fleet: fleet.clone(),
     });
+    let listener = admin::bind(&config.admin.socket, socket_gid)
+        .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;
+    // Attached and bound: from here on only what the daemon still needs
+    // (before the fleet, the gateway and the timers start their work: the
+    // switch signals every thread of the runtime).
+    if let Some(target) = privilege_target(&config, account) {
+        if let Some(a) = account {
+            // The daemon still writes its state and (on --detach-on-exit)
+            // its pins after the switch.
+            for dir in [&config.state.dir, &config.xdp.pin_dir] {
+                crate::privileges::chown_tree(dir, a).with_context(|| {
+                    format!("giving {} to uid {} gid {}", dir.display(), a.uid, a.gid)
+                })?;
+            }
+        }
+        tokio::task::spawn_blocking(move || crate::privileges::drop_to(target))
+            .await
+            .context("dropping privileges")?
+            .map_err(|e| anyhow::anyhow!("dropping privileges: {e}"))?;
+        info!(
+            user = config.process.user.as_deref().unwrap_or("(unchanged)"),
+            capabilities = ?target.names(),
+            "privileges dropped: only these capabilities remain, no_new_privs set"
+        );
+    }
     if let Some(f) = &fleet {
         tokio::spawn(f.clone().run(shared.clone()));
     }
@@ -461,8 +486,6 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     tokio::spawn(agent.approvals.clone().run());
     tokio::spawn(gateway.clone().run_approved(approved));
 
-    let listener = admin::bind(&config.admin.socket, socket_gid)
-        .with_context(|| format!("binding the admin socket {}", config.admin.socket.display()))?;
     tokio::spawn(admin::serve(listener, shared.clone()));
     info!(socket = %config.admin.socket.display(), "admin API listening");
     let series = Arc::new(admin::overview::Series::default());
@@ -563,27 +586,6 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
 
-    // Attached and bound: from here on only what the daemon still needs.
-    if let Some(target) = privilege_target(&config, account) {
-        if let Some(a) = account {
-            // The daemon still writes its state and (on --detach-on-exit)
-            // its pins after the switch.
-            for dir in [&config.state.dir, &config.xdp.pin_dir] {
-                crate::privileges::chown_tree(dir, a).with_context(|| {
-                    format!("giving {} to uid {} gid {}", dir.display(), a.uid, a.gid)
-                })?;
-            }
-        }
-        tokio::task::spawn_blocking(move || crate::privileges::drop_to(target))
-            .await
-            .context("dropping privileges")?
-            .map_err(|e| anyhow::anyhow!("dropping privileges: {e}"))?;
-        info!(
-            user = config.process.user.as_deref().unwrap_or("(unchanged)"),
-            capabilities = ?target.names(),
-            "privileges dropped: only these capabilities remain, no_new_privs set"
-        );
-    }
     loop {
         tokio::select! {
             _ = term.recv() => break,

@@ -196,7 +196,11 @@ fn apply_here() {
             0,
             0,
         );
-        if uid != u32::MAX {
+        // Real-time signals queue: a thread signalled twice (the check
+        // loop re-signals one that had not run its handler yet) runs this
+        // twice, and a second switch would fail without CAP_SETUID.
+        let switched = libc::syscall(libc::SYS_getuid) as u32 == uid;
+        if uid != u32::MAX && !switched {
             // Keep the permitted set across the uid change; capset below
             // trims it to `keep`.
             if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
@@ -234,7 +238,7 @@ fn apply_here() {
         if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
             fail(6);
         }
-        if uid != u32::MAX {
+        if uid != u32::MAX && !switched {
             libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
