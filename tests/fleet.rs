@@ -65,7 +65,18 @@ impl World {
         let one_at_a_time = WORLDS.lock().unwrap_or_else(|p| p.into_inner());
         let net = (std::process::id() % 200 + 30) as u8;
         let hub = NetNs::new(unique("zfhub"));
-        hub.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+        // A fixed address: a bridge otherwise takes the lowest of its
+        // ports' and changes it as gateways join, under peers' ARP caches.
+        hub.exec(&[
+            "ip",
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:5a:74:61:67:01",
+            "type",
+            "bridge",
+        ]);
         hub.exec(&["ip", "link", "set", "br0", "up"]);
         hub.exec(&[
             "ip",

@@ -583,7 +583,13 @@ max_entries = {cache}
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let up = |port| TcpStream::connect(("127.0.0.1", port)).is_ok();
-            if up(self.plain_port) && up(self.tls_port) {
+            // The dashboard and metrics listeners are bound after the
+            // gateway's (and after the privilege drop).
+            if up(self.plain_port)
+                && up(self.tls_port)
+                && up(self.admin_port)
+                && up(self.metrics_port)
+            {
                 return;
             }
             if let Some(c) = self.proc.0.as_mut()

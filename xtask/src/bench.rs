@@ -28,12 +28,21 @@ use crate::{header, run_command, setup};
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// The suite; none: every suite in one run, writing BENCHMARKS.md.
     #[command(subcommand)]
-    which: Which,
+    which: Option<Which>,
 }
 
 #[derive(Subcommand)]
 enum Which {
+    /// Every suite below (quick settings, under 15 minutes), each with its
+    /// peers in the same run, then BENCHMARKS.md with the machine, medians,
+    /// ratios and PNG charts (docs/bench/). Same as `cargo xtask bench`.
+    /// Name suites to run only those: `bench all proxy fga`.
+    All {
+        /// Only these suites (xdp, proxy, fga, inspect, mcp, risk, fleet).
+        only: Vec<String>,
+    },
     /// Per-packet cost of the XDP program next to xdp-filter and a bare
     /// XDP_DROP program, bulk blocklist import speed, a trafgen flood and a
     /// flood of live XDP frames against nftables and iptables drops (needs
@@ -107,7 +116,19 @@ struct XdpArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    match args.which {
+    let Some(which) = args.which else {
+        header("setup");
+        setup::run()?;
+        build_release()?;
+        return crate::report::run(&[]);
+    };
+    match which {
+        Which::All { only } => {
+            header("setup");
+            setup::run()?;
+            build_release()?;
+            crate::report::run(&only)
+        }
         Which::Xdp(xdp) => run_xdp(xdp),
         Which::Proxy(proxy) => run_proxy(proxy),
         Which::Inspect(a) => {

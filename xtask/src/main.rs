@@ -2,6 +2,7 @@
 
 mod bench;
 mod fuzz;
+mod report;
 mod run;
 mod setup;
 mod test;

@@ -41,6 +41,35 @@ pub struct Cli {
     pub command: Command,
 }
 
+const RUN_HELP: &str = "\
+PRIVILEGES:
+    Starts as root (loads, attaches and pins the eBPF program, binds its
+    sockets), then every thread keeps only CAP_BPF and CAP_NET_ADMIN (and
+    CAP_NET_BIND_SERVICE for ports below 1024), with no_new_privs; with
+    --user or [process] user it also switches to that account.
+
+SIGNALS:
+    SIGHUP   re-read the config file and the certificates; a file that does
+             not validate changes nothing.
+    SIGTERM  stop accepting, let requests in flight finish (within
+             [process] drain_timeout, default 10 s), exit. The program and
+             its maps stay pinned unless --detach-on-exit.
+
+FILES:
+    /etc/ztag/ztag.toml      the usual --config (check it: ztag check-config)
+    /var/lib/ztag/           state DB (lists, FGA tuples, vault, approvals)
+    /sys/fs/bpf/ztag/        pinned maps and links (ztag detach removes them)
+    /run/ztag/admin.sock     admin API for the CLI (0600, or 0660 with admin.socket_group)
+
+ENVIRONMENT:
+    ZTAG_LOG          log filter (info, debug, ztag::fleet=debug, ...)
+    ZTAG_LOG_FORMAT   text (stderr) or json (stdout, one object per line)
+
+EXAMPLES:
+    ztag run --config /etc/ztag/ztag.toml
+    ztag run --interface eth0 --mode auto --user ztag
+    ztag --log-format json run --config /etc/ztag/ztag.toml --detach-on-exit";
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -56,6 +85,7 @@ pub enum Command {
     /// Run the daemon: attach the XDP/TC program, restore the lists, serve
     /// the admin API and /metrics. Without --config, uses the embedded
     /// default (attach to `lo` in SKB mode).
+    #[command(after_long_help = RUN_HELP)]
     Run(RunArgs),
     /// Validate a configuration file and print every problem with its key.
     CheckConfig {

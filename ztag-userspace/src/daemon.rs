@@ -486,8 +486,6 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
     tokio::spawn(agent.approvals.clone().run());
     tokio::spawn(gateway.clone().run_approved(approved));
 
-    tokio::spawn(admin::serve(listener, shared.clone()));
-    info!(socket = %config.admin.socket.display(), "admin API listening");
     let series = Arc::new(admin::overview::Series::default());
     tokio::spawn(admin::overview::run(
         series.clone(),
@@ -548,6 +546,11 @@ pub async fn run(config: Config, reload_from: Option<Reload>) -> Result<()> {
             .with_context(|| format!("binding the metrics listener {addr}"))?;
         info!(%addr, "metrics on http://{addr}/metrics");
     }
+
+    // Last: an admin socket that answers means every listener is bound
+    // (what `ztag` CLI callers, tests and orchestration wait for).
+    tokio::spawn(admin::serve(listener, shared.clone()));
+    info!(socket = %config.admin.socket.display(), "admin API listening");
 
     if let Some(ring) = events {
         let (s, m) = (shared.clone(), metrics.clone());
