@@ -294,6 +294,22 @@ fn sweep_chart(v: &Value, path: &Path) -> Result<()> {
         .y_desc("requests/s")
         .label_style(("sans-serif", 14))
         .draw()?;
+    lines(&mut chart, &series, SeriesLabelPosition::UpperRight)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line with dots per series, in the palette's colours, and a legend.
+fn lines<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    series: &[(String, Vec<(f64, f64)>)],
+    legend: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: plotters::coord::CoordTranslate<From = (f64, f64)>,
+{
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         chart
@@ -304,11 +320,11 @@ fn sweep_chart(v: &Value, path: &Path) -> Result<()> {
     }
     chart
         .configure_series_labels()
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -377,26 +393,19 @@ fn latency_chart(v: &Value, path: &Path) -> Result<()> {
         .y_desc("µs (from the scheduled send time)")
         .label_style(("sans-serif", 14))
         .draw()?;
-    for (i, (name, vals)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64)> = vals
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as f64, *v))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(3)))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
-        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()?;
+    let series: Vec<(String, Vec<(f64, f64)>)> = series
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as f64, v))
+                    .collect(),
+            )
+        })
+        .collect();
+    lines(&mut chart, &series, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }
