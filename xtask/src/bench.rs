@@ -43,6 +43,9 @@ enum Which {
         /// Only these suites (xdp, proxy, fga, inspect, mcp, risk, fleet).
         only: Vec<String>,
     },
+    /// Redraws BENCHMARKS.md's charts (docs/bench/*.png) from the newest
+    /// proxy report, without running anything.
+    Charts,
     /// Per-packet cost of the XDP program next to xdp-filter and a bare
     /// XDP_DROP program, bulk blocklist import speed, a trafgen flood and a
     /// flood of live XDP frames against nftables and iptables drops (needs
@@ -123,6 +126,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return crate::report::run(&[]);
     };
     match which {
+        Which::Charts => crate::report::charts(),
         Which::All { only } => {
             header("setup");
             setup::run()?;

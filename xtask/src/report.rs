@@ -112,12 +112,12 @@ fn machine() -> String {
     )
 }
 
-/// One level deeper, so each report sits under its section.
+/// Two levels deeper, so each report's title sits under its suite's `##`.
 fn demote(md: &str) -> String {
     md.lines()
         .map(|l| {
             if l.starts_with('#') {
-                format!("#{l}")
+                format!("##{l}")
             } else {
                 l.to_string()
             }
@@ -183,6 +183,7 @@ fn write_report(
                 "docs/bench/latency-percentiles.png",
             ));
         }
+        md += &sweep_table(&v);
         if !charts.is_empty() {
             md += "## Charts\n\n";
             for (what, path) in charts {
@@ -248,6 +249,87 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(0x94, 0x67, 0xbd),
 ];
 
+/// The sweep's figures as a table (the chart's numbers), with ztag's ratio
+/// to each peer at every connection count.
+fn sweep_table(v: &Value) -> String {
+    let Some(sweep) = v["sweep"].as_array().filter(|s| !s.is_empty()) else {
+        return String::new();
+    };
+    let rps = |s: &Value, c: u64| {
+        s["points"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["connections"].as_u64() == Some(c)))
+            .and_then(|p| p["rps"].as_f64())
+    };
+    let conns: Vec<u64> = sweep[0]["points"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["connections"].as_u64()).collect())
+        .unwrap_or_default();
+    let ztag = sweep.iter().find(|s| s["proxy"] == "ztag");
+    let mut md = String::from(
+        "## Throughput vs concurrency\n\nPeak req/s (wrk, 1 thread, reuse tokens, TLS, one worker each, one run per point, in the proxy suite's run); in brackets ztag ÷ that proxy.\n\n| proxy |",
+    );
+    for c in &conns {
+        md += &format!(" {c} conn. |");
+    }
+    md += "\n|---|";
+    md += &"---:|".repeat(conns.len());
+    md += "\n";
+    for s in sweep {
+        md += &format!("| {} |", s["proxy"].as_str().unwrap_or("?"));
+        for &c in &conns {
+            let r = rps(s, c);
+            let ratio = match (ztag.and_then(|z| rps(z, c)), r) {
+                (Some(z), Some(r)) if s["proxy"] != "ztag" && r > 0.0 => {
+                    format!(" ({:.2}×)", z / r)
+                }
+                _ => String::new(),
+            };
+            md += &match r {
+                Some(r) => format!(" {r:.0}{ratio} |"),
+                None => " — |".into(),
+            };
+        }
+        md += "\n";
+    }
+    md + "\n"
+}
+
+/// The same colour for a proxy on every chart.
+fn colour(name: &str, i: usize) -> RGBColor {
+    match name {
+        "ztag" => COLORS[0],
+        "haproxy" => COLORS[1],
+        "envoy" => COLORS[2],
+        "nginx" => COLORS[3],
+        "direct" => COLORS[4],
+        _ => COLORS[i % COLORS.len()],
+    }
+}
+
+/// Redraws the charts from the newest proxy report (`bench charts`) and
+/// prints the sweep's table.
+pub fn charts() -> Result<()> {
+    let root = workspace_root();
+    let json = newest(
+        &root.join("target/bench"),
+        "proxy-",
+        ".json",
+        SystemTime::UNIX_EPOCH,
+    )
+    .context(
+        "no target/bench/proxy-*.json: run cargo xtask bench proxy -- --sweep 1,4,16,64,256",
+    )?;
+    let v: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let dir = root.join("docs/bench");
+    std::fs::create_dir_all(&dir)?;
+    sweep_chart(&v, &dir.join("throughput-vs-concurrency.png"))?;
+    latency_chart(&v, &dir.join("latency-percentiles.png"))?;
+    eprintln!("charts from {} in {}", json.display(), dir.display());
+    print!("{}", sweep_table(&v));
+    Ok(())
+}
+
 fn sweep_chart(v: &Value, path: &Path) -> Result<()> {
     font()?;
     let series: Vec<(String, Vec<(f64, f64)>)> = v["sweep"]
@@ -311,7 +393,7 @@ where
     CT: plotters::coord::CoordTranslate<From = (f64, f64)>,
 {
     for (i, (name, pts)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
+        let c = colour(name, i);
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(3)))?
             .label(name.clone())
@@ -450,7 +532,7 @@ mod tests {
 
     #[test]
     fn reports_are_demoted_and_found_by_exact_prefix() {
-        assert_eq!(demote("# A\ntext\n## B"), "## A\ntext\n### B");
+        assert_eq!(demote("# A\ntext\n## B"), "### A\ntext\n#### B");
         let dir = std::env::temp_dir().join(format!("ztag-report-find-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let since = SystemTime::now() - Duration::from_secs(5);
