@@ -1938,6 +1938,7 @@ fn testssl_finds_nothing_high_or_critical() {
         });
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     let mut bad = Vec::new();
+    let mut lesser = Vec::new();
     for f in report
         .as_array()
         .expect("testssl --jsonfile: an array of findings")
@@ -1945,6 +1946,9 @@ fn testssl_finds_nothing_high_or_critical() {
         let sev = f["severity"].as_str().unwrap_or("?").to_string();
         if sev == "HIGH" || sev == "CRITICAL" {
             bad.push(format!("{sev} {}: {}", f["id"], f["finding"]));
+        }
+        if sev == "MEDIUM" || sev == "LOW" || sev == "WARN" {
+            lesser.push(format!("{sev} {}: {}", f["id"], f["finding"]));
         }
         *counts.entry(sev).or_default() += 1;
     }
@@ -1954,7 +1958,8 @@ fn testssl_finds_nothing_high_or_critical() {
     std::fs::write(
         artifacts.join("testssl.txt"),
         format!(
-            "findings by severity: {counts:?}\n\n{}",
+            "findings by severity: {counts:?}\nbelow HIGH: {}\n\n{}",
+            lesser.join("; "),
             String::from_utf8_lossy(&out.stdout)
         ),
     )
