@@ -41,6 +41,80 @@ pub struct Cli {
     pub command: Command,
 }
 
+const CHECK_CONFIG_HELP: &str = "\
+Exits 0 and prints a summary when the file is valid; otherwise prints every
+problem at once, each with its key path (gateway.route[2].upstream: ...),
+then the files it names that do not load and the users or groups this host
+lacks, and exits 1.
+
+EXAMPLES:
+    ztag check-config --config /etc/ztag/ztag.toml
+    ztag check-config            # the embedded default";
+
+const BLOCK_HELP: &str = "\
+Static entries: an address or CIDR (IPv4 or IPv6) whose packets the XDP/TC
+program drops before the host's network stack. Entries are kept in the
+state DB, survive restarts, and with fleet mode reach every gateway.
+Dynamic entries (the risk engine's) show in `list` as kind dynamic.
+
+EXAMPLES:
+    ztag block add 203.0.113.7 --ttl 1h --reason \"credential stuffing\"
+    ztag block add 2001:db8::/48
+    ztag block list --json
+    ztag block rm 203.0.113.7
+    ztag block import bad-ips.txt --ttl 7d     # all lines checked first";
+
+const ALLOW_HELP: &str = "\
+Allowlisted sources always pass, even when a blocklist entry or the risk
+engine covers them.
+
+EXAMPLES:
+    ztag allow add 10.0.0.0/8 --reason internal
+    ztag allow list";
+
+const FGA_HELP: &str = "\
+The daemon's OpenFGA-compatible stores (models in the OpenFGA DSL or JSON,
+tuples in the state DB); `fga test` runs OpenFGA model test files offline.
+`ztag fga <command> --help` shows each command's arguments.";
+
+const VAULT_HELP: &str = "\
+Secrets are read from stdin (never argv), sealed with AES-256-GCM under
+[agent.vault] key_file, and never printed.
+
+EXAMPLES:
+    ztag vault put --user alice --connection github < token.txt
+    ztag vault list
+    ztag vault rm --user alice --connection github";
+
+const APPROVALS_HELP: &str = "\
+Requests and MCP tool calls that a route or tool rule holds for a person.
+
+EXAMPLES:
+    ztag approvals list
+    ztag approvals show ID
+    ztag approvals approve ID --note \"checked with the team\"
+    ztag approvals deny ID";
+
+const RISK_HELP: &str = "\
+The risk engine scores sources (address, /24 or /64) and principals from
+every phase's events; above its thresholds it rate-limits (429) and then
+blocks in the kernel for a growing TTL.";
+
+const FLEET_HELP: &str = "\
+Fleet mode shares lists, risk decisions, rate limits and approvals through
+Redis ([fleet] redis = ...).
+
+EXAMPLES:
+    ztag fleet status";
+
+const DETACH_HELP: &str = "\
+Removes the pinned links (the program leaves every interface) and maps.
+The state DB keeps the lists: the next `ztag run` restores them.
+
+EXAMPLES:
+    ztag detach --config /etc/ztag/ztag.toml
+    ztag detach --pin-dir /sys/fs/bpf/ztag";
+
 const RUN_HELP: &str = "\
 PRIVILEGES:
     Starts as root (loads, attaches and pins the eBPF program, binds its
@@ -88,6 +162,7 @@ pub enum Command {
     #[command(after_long_help = RUN_HELP)]
     Run(RunArgs),
     /// Validate a configuration file and print every problem with its key.
+    #[command(after_long_help = CHECK_CONFIG_HELP)]
     CheckConfig {
         /// The file to check (default: the embedded configuration).
         #[arg(long, short)]
@@ -95,9 +170,11 @@ pub enum Command {
     },
     /// Manage the static blocklist (sources dropped in the kernel).
     #[command(subcommand)]
+    #[command(after_long_help = BLOCK_HELP)]
     Block(ListCmd),
     /// Manage the allowlist (sources that always pass, even if blocked).
     #[command(subcommand)]
+    #[command(after_long_help = ALLOW_HELP)]
     Allow(ListCmd),
     /// Show packet and byte counters per interface, verdict and reason.
     Stats {
@@ -116,6 +193,7 @@ pub enum Command {
     },
     /// Fine-grained authorisation: the daemon's OpenFGA-compatible stores
     /// (models, tuples, checks), and `fga test` for model test files.
+    #[command(after_long_help = FGA_HELP)]
     Fga {
         /// The store: its name or id.
         #[arg(long, global = true, env = "ZTAG_FGA_STORE", default_value = "default")]
@@ -127,15 +205,19 @@ pub enum Command {
     /// The token vault: upstream credentials per user and connection
     /// (sealed in the state DB; `list` never shows secrets).
     #[command(subcommand)]
+    #[command(after_long_help = VAULT_HELP)]
     Vault(agent::VaultCmd),
     /// Human-in-the-loop approvals: list, show, approve, deny.
     #[command(subcommand)]
+    #[command(after_long_help = APPROVALS_HELP)]
     Approvals(agent::ApprovalsCmd),
     /// The risk engine: the riskiest sources and principals, its decisions.
     #[command(subcommand)]
+    #[command(after_long_help = RISK_HELP)]
     Risk(RiskCmd),
     /// Fleet mode: this gateway's link to the fleet's Redis.
     #[command(subcommand)]
+    #[command(after_long_help = FLEET_HELP)]
     Fleet(FleetCmd),
     /// A live view: kernel drops per second by reason, the busiest and the
     /// riskiest sources and principals, the latest decisions, pending
@@ -169,6 +251,7 @@ pub enum Command {
     Inspect(inspect::InspectCmd),
     /// Detach the program from every interface and remove the pinned maps.
     /// Stop the daemon first; blocked sources are no longer dropped after this.
+    #[command(after_long_help = DETACH_HELP)]
     Detach {
         /// Config whose xdp.pin_dir to clean (default: the embedded one).
         #[arg(long, short)]
