@@ -41,6 +41,48 @@ pub struct Cli {
     pub command: Command,
 }
 
+const STATS_HELP: &str = "\
+Per interface, verdict (pass/drop) and reason (allowlist, blocklist,
+dynamic, rate_limit, malformed, non_ip, default): packets and bytes, summed
+over the kernel program's per-CPU counters since it was loaded.
+
+EXAMPLES:
+    ztag stats
+    ztag stats --json | jq '.[] | select(.reason == \"blocklist\")'";
+
+const EVENTS_HELP: &str = "\
+Drops are sampled one in xdp.events_sample_one_in into a ring buffer that
+the daemon reads; these are the latest it kept.
+
+EXAMPLES:
+    ztag events --limit 50
+    ztag events --json";
+
+const TOP_HELP: &str = "\
+Refreshes in place until interrupted (Ctrl-C); --once prints one snapshot.
+
+EXAMPLES:
+    ztag top
+    ztag top --interval 5s --limit 30
+    ztag top --once";
+
+const AUDIT_HELP: &str = "\
+Every MCP tool call (allowed or refused, with the reason) and every approval
+decision (with the approver), from the state DB.
+
+EXAMPLES:
+    ztag audit --limit 20
+    ztag audit --kind approval --json";
+
+const INSPECT_HELP: &str = "\
+Runs without a daemon, on files or stdin.
+
+EXAMPLES:
+    ztag inspect prompt prompts.txt
+    ztag inspect prompt --jsonl < prompts.jsonl
+    ztag inspect content --jsonl < responses.jsonl
+    ztag inspect eval --sweep";
+
 const CHECK_CONFIG_HELP: &str = "\
 Exits 0 and prints a summary when the file is valid; otherwise prints every
 problem at once, each with its key path (gateway.route[2].upstream: ...),
@@ -177,12 +219,14 @@ pub enum Command {
     #[command(after_long_help = ALLOW_HELP)]
     Allow(ListCmd),
     /// Show packet and byte counters per interface, verdict and reason.
+    #[command(after_long_help = STATS_HELP)]
     Stats {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show recent sampled drop events (source, interface, reason).
+    #[command(after_long_help = EVENTS_HELP)]
     Events {
         /// How many, newest first.
         #[arg(long, default_value_t = 20)]
@@ -222,6 +266,7 @@ pub enum Command {
     /// A live view: kernel drops per second by reason, the busiest and the
     /// riskiest sources and principals, the latest decisions, pending
     /// approvals.
+    #[command(after_long_help = TOP_HELP)]
     Top {
         /// Refresh every this long.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -234,6 +279,7 @@ pub enum Command {
         once: bool,
     },
     /// The audit log: MCP tool calls and approval decisions, newest first.
+    #[command(after_long_help = AUDIT_HELP)]
     Audit {
         /// Only this kind (tool_call, approval).
         #[arg(long)]
@@ -248,6 +294,7 @@ pub enum Command {
     /// AI content inspection offline: the prompt-injection detector and the
     /// content filter on your own text; detector training and evaluation.
     #[command(subcommand)]
+    #[command(after_long_help = INSPECT_HELP)]
     Inspect(inspect::InspectCmd),
     /// Detach the program from every interface and remove the pinned maps.
     /// Stop the daemon first; blocked sources are no longer dropped after this.
