@@ -1232,8 +1232,9 @@ impl<'e> Resolver<'e> {
     ) -> Result<bool, AuthzError> {
         let mut err = None;
         // `list` is the object#relation's users, already fetched: a short
-        // one is scanned (no second probe into the big index).
-        let stored = if list.len() <= 16 {
+        // one is scanned (contiguous, cheaper than a random probe into the
+        // big index).
+        let stored = if list.len() <= 48 {
             list.iter().find(|(u, _)| *u == user).map(|&(_, c)| c)
         } else {
             self.s.get(obj, ri.name, user)

@@ -6,7 +6,7 @@
 //! id is `*`. Three indexes serve the engine:
 //! * `direct`: `(object, relation, user)` → condition — "is this tuple
 //!   there?" in one probe;
-//! * `by_object`: `(object, relation)` → users — the usersets and tupleset
+//! * `by_object`: object → relation → users — the usersets and tupleset
 //!   parents a check expands, and the forward walk of list users;
 //! * `by_user`: `user` → `(object, relation)` — the reverse walk of list
 //!   objects.
@@ -125,6 +125,15 @@ impl Interner {
     #[inline]
     pub fn get(&self, s: &str) -> Option<Sym> {
         let h = self.hasher.hash_one(s);
+        if s.len() <= INLINE {
+            // Short names (most ids) compare as one zero-padded array: two
+            // integer compares instead of a `memcmp` call per candidate.
+            let key = Slot::new(0, s);
+            return self
+                .table
+                .find(h, |slot| slot.len == key.len && slot.bytes == key.bytes)
+                .map(|slot| slot.sym);
+        }
         self.table
             .find(h, |slot| slot.matches(s, &self.names))
             .map(|slot| slot.sym)
@@ -175,6 +184,8 @@ struct DirectKey {
 
 /// Users of one `object#relation` (most have one or two).
 pub type UserList = SmallVec<[(User, CondRef); 1]>;
+/// The relations of one object that have tuples, with their users.
+type ObjRels = SmallVec<[(Sym, UserList); 2]>;
 /// Objects a user is related to.
 pub type ObjList = SmallVec<[(Obj, Sym); 1]>;
 
@@ -246,7 +257,11 @@ pub struct TupleStore {
     /// Names.
     pub syms: Interner,
     direct: HashMap<DirectKey, CondRef>,
-    by_object: HashMap<(Obj, Sym), UserList>,
+    /// Grouped by object: a check reads several relations of the same
+    /// object (`viewer`, `editor`, `owner`, `parent` …), and one probe into
+    /// the big table then serves them all from one or two cache lines
+    /// instead of one random probe each.
+    by_object: HashMap<Obj, ObjRels>,
     by_user: HashMap<User, ObjList>,
     conds: Vec<Option<TupleCond>>,
     free_conds: Vec<CondRef>,
@@ -278,7 +293,7 @@ impl TupleStore {
     pub fn reserve(&mut self, n: usize) {
         self.direct.reserve(n);
         self.by_user.reserve(n / 2);
-        self.by_object.reserve(n / 2);
+        self.by_object.reserve(n / 3);
     }
 
     /// Number of tuples.
@@ -372,10 +387,11 @@ impl TupleStore {
             },
         };
         self.direct.insert(key, cref);
-        self.by_object
-            .entry((t.obj, t.rel))
-            .or_default()
-            .push((t.user, cref));
+        let rels = self.by_object.entry(t.obj).or_default();
+        match rels.iter_mut().find(|(r, _)| *r == t.rel) {
+            Some((_, list)) => list.push((t.user, cref)),
+            None => rels.push((t.rel, smallvec::smallvec![(t.user, cref)])),
+        }
         self.by_user.entry(t.user).or_default().push((t.obj, t.rel));
         true
     }
@@ -456,10 +472,15 @@ impl TupleStore {
             self.conds[cref as usize] = None;
             self.free_conds.push(cref);
         }
-        if let Some(list) = self.by_object.get_mut(&(t.obj, t.rel)) {
-            list.retain(|(u, _)| *u != t.user);
-            if list.is_empty() {
-                self.by_object.remove(&(t.obj, t.rel));
+        if let Some(rels) = self.by_object.get_mut(&t.obj) {
+            if let Some(i) = rels.iter().position(|(r, _)| *r == t.rel) {
+                rels[i].1.retain(|(u, _)| *u != t.user);
+                if rels[i].1.is_empty() {
+                    rels.swap_remove(i);
+                }
+            }
+            if rels.is_empty() {
+                self.by_object.remove(&t.obj);
             }
         }
         if let Some(list) = self.by_user.get_mut(&t.user) {
@@ -488,9 +509,13 @@ impl TupleStore {
     /// Users of `object#relation`.
     #[inline]
     pub fn users(&self, obj: Obj, rel: Sym) -> &[(User, CondRef)] {
-        self.by_object
-            .get(&(obj, rel))
-            .map_or(&[], |l| l.as_slice())
+        match self.by_object.get(&obj) {
+            Some(rels) => rels
+                .iter()
+                .find(|(r, _)| *r == rel)
+                .map_or(&[], |(_, l)| l.as_slice()),
+            None => &[],
+        }
     }
 
     /// `(object, relation)` pairs where `user` is the user.
@@ -507,7 +532,9 @@ impl TupleStore {
 
     /// Every `(object, relation)` key with tuples.
     pub fn object_relations(&self) -> impl Iterator<Item = (Obj, Sym)> + '_ {
-        self.by_object.keys().copied()
+        self.by_object
+            .iter()
+            .flat_map(|(&o, rels)| rels.iter().map(move |&(r, _)| (o, r)))
     }
 
     /// Render an object.
