@@ -295,6 +295,75 @@ fn expired_entries_stop_matching_and_shorter_prefixes_still_apply() {
     assert_eq!(left, vec!["10.0.0.0/8".to_string()]);
 }
 
+/// Runs `frame` `n` times in one BPF_PROG_TEST_RUN (one CPU): after the
+/// first run, a list drop comes from that CPU's cached verdict.
+fn expect_n(f: &Fixture, frame: &[u8], n: u32, want: u32, what: &str) {
+    let got = run(f.xdp, frame, n).expect("BPF_PROG_TEST_RUN").retval;
+    assert_eq!(got, want, "{what} (×{n})");
+}
+
+#[test]
+fn cached_verdicts_never_outlive_a_list_change() {
+    if !privileged("cached_verdicts_never_outlive_a_list_change") {
+        return;
+    }
+    let mut f = fixture(no_limits());
+    let fr = Frame::new();
+    let x = fr.tcp(ip("198.51.100.9"), ACK, 0);
+    let gen0 = f.enforcer.plane().generation();
+    f.add(ListKind::Block, "198.51.100.9", None);
+    assert!(f.enforcer.plane().generation() > gen0, "a change bumps it");
+    expect_n(&f, &x, 100, XDP_DROP, "blocked host, cached after one");
+    assert_eq!(f.count(Reason::Blocklist), 100, "cached drops still count");
+    // Each change below must be seen by the very next packet.
+    f.add(ListKind::Allow, "198.51.100.0/24", None);
+    expect_n(&f, &x, 10, XDP_PASS, "allowlist added over a cached drop");
+    f.enforcer
+        .remove(ListKind::Allow, "198.51.100.0/24")
+        .unwrap();
+    expect_n(&f, &x, 10, XDP_DROP, "allowlist removed");
+    f.enforcer.remove(ListKind::Block, "198.51.100.9").unwrap();
+    expect_n(&f, &x, 10, XDP_PASS, "block removed");
+    // Another source's drop replaces the cached one; both stay right.
+    let y = fr.tcp(ip("198.51.100.10"), ACK, 0);
+    f.add(ListKind::Block, "198.51.100.8/30", None);
+    expect_n(&f, &y, 10, XDP_DROP, "prefix drop");
+    expect_n(&f, &x, 10, XDP_DROP, "neighbour in the prefix");
+    f.enforcer
+        .remove(ListKind::Block, "198.51.100.8/30")
+        .unwrap();
+    expect_n(&f, &x, 10, XDP_PASS, "prefix removed");
+    // The same four bytes as IPv6 are another source.
+    f.add(ListKind::Block, "198.51.100.9", None);
+    expect_n(&f, &x, 10, XDP_DROP, "v4 cached");
+    let v6 = fr.tcp(
+        IpAddr::V6(Ipv6Addr::new(0xc633, 0x6409, 0, 0, 0, 0, 0, 0)),
+        ACK,
+        0,
+    );
+    expect_n(&f, &v6, 10, XDP_PASS, "v6 with the same leading bytes");
+    // Dynamic blocks: cached as dynamic, voided by their removal.
+    f.add(ListKind::Dynamic, "203.0.113.77", None);
+    let z = fr.tcp(ip("203.0.113.77"), ACK, 0);
+    let dyn0 = f.count(Reason::Dynamic);
+    expect_n(&f, &z, 20, XDP_DROP, "dynamic block");
+    assert_eq!(f.count(Reason::Dynamic), dyn0 + 20, "counted as dynamic");
+    f.enforcer
+        .remove(ListKind::Dynamic, "203.0.113.77")
+        .unwrap();
+    expect_n(&f, &z, 10, XDP_PASS, "dynamic block removed");
+    // An entry's expiry applies to its cached verdict: no change, no sweep.
+    f.add(
+        ListKind::Block,
+        "203.0.113.88",
+        Some(Duration::from_secs(1)),
+    );
+    let t = fr.tcp(ip("203.0.113.88"), ACK, 0);
+    expect_n(&f, &t, 50, XDP_DROP, "before expiry");
+    sleep(Duration::from_millis(1300));
+    expect_n(&f, &t, 10, XDP_PASS, "after expiry, unswept, cached before");
+}
+
 #[test]
 fn dynamic_blocks_drop_until_removed() {
     if !privileged("dynamic_blocks_drop_until_removed") {
@@ -436,6 +505,42 @@ fn drops_are_sampled_into_the_ring_buffer() {
         "the entry's reason id travels with the event"
     );
     assert!(e.time_ns > 0);
+}
+
+#[test]
+fn one_drop_in_n_is_sampled_without_aliasing() {
+    if !privileged("one_drop_in_n_is_sampled_without_aliasing") {
+        return;
+    }
+    let mut f = fixture(XdpConfig {
+        sample_one_in: 16,
+        ..XdpConfig::default()
+    });
+    let mut ring = f.enforcer.plane_mut().take_events().expect("events ring");
+    f.add(ListKind::Block, "192.0.2.70", None);
+    f.add(ListKind::Block, "192.0.2.71", None);
+    let a = Frame::new().tcp(ip("192.0.2.70"), ACK, 0);
+    let b = Frame::new().tcp(ip("192.0.2.71"), ACK, 0);
+    // Two sources strictly alternating: a fixed 1-in-16 counter would only
+    // ever sample one of them.
+    for _ in 0..1600 {
+        expect(&f, &a, XDP_DROP, "a");
+        expect(&f, &b, XDP_DROP, "b");
+    }
+    let (mut na, mut nb) = (0, 0);
+    while let Some(item) = ring.next() {
+        // SAFETY: the program writes whole DropEvents.
+        let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DropEvent) };
+        match e.addr[3] {
+            70 => na += 1,
+            71 => nb += 1,
+            other => panic!("event for .{other}"),
+        }
+    }
+    // 3200 drops, 1 in 16 on average: 200 events, 100 each; bounds far
+    // outside the binomial spread.
+    assert!((140..=260).contains(&(na + nb)), "events: {na} + {nb}");
+    assert!(na >= 50 && nb >= 50, "both sources sampled: {na} / {nb}");
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub mod map_names {
     pub const RATE_V6: &str = "RATE_V6";
     /// Program configuration (array of one [`super::XdpConfig`]).
     pub const CONFIG: &str = "CONFIG";
+    /// The lists' generation (array of one `u64`): the daemon adds one after
+    /// every change to a list map, which voids every CPU's cached verdict.
+    pub const GENERATION: &str = "GENERATION";
     /// Per-CPU packet and byte counters per interface (array of
     /// [`super::IfCounters`], slot from [`super::counter_slot`]).
     pub const COUNTERS: &str = "COUNTERS";
@@ -43,7 +46,7 @@ pub mod map_names {
 }
 
 /// Every map the daemon pins, in a fixed order (used by `ztag detach`).
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     map_names::ALLOW_V4,
     map_names::ALLOW_V6,
     map_names::BLOCK_V4,
@@ -55,6 +58,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     map_names::RATE_V4,
     map_names::RATE_V6,
     map_names::CONFIG,
+    map_names::GENERATION,
     map_names::COUNTERS,
     map_names::EVENTS,
 ];

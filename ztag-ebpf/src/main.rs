@@ -18,6 +18,15 @@
 //! * IPv4/IPv6 fragments are judged by their source address like any packet;
 //!   only first fragments can count as new TCP connections.
 //!
+//! A flood comes from few sources: each CPU remembers the last source it
+//! dropped by a list (blocklist or dynamic block), the entry's expiry and the
+//! lists' generation. The next packet from that source, while the generation
+//! is unchanged and the entry still live, skips the list lookups: same
+//! verdict, same counters, same events. The daemon adds one to the
+//! generation after every change to a list, so no cached verdict outlives the
+//! state it was read from (the generation is read before the lookups it
+//! vouches for).
+//!
 //! No policy lives here: userspace owns every map.
 #![no_std]
 #![no_main]
@@ -66,6 +75,12 @@ static RATE_V4: LruHashMap<[u8; 4], TokenBucket> = LruHashMap::pinned(RATE_MAX_E
 static RATE_V6: LruHashMap<[u8; 8], TokenBucket> = LruHashMap::pinned(RATE_MAX_ENTRIES, 0);
 #[map(name = "CONFIG")]
 static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
+#[map(name = "GENERATION")]
+static GENERATION: Array<u64> = Array::pinned(1, 0);
+/// Each CPU's last list drop and event countdown; not pinned (a reloaded
+/// program starts empty).
+#[map(name = "CPU_STATE")]
+static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<IfCounters> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 #[map(name = "EVENTS")]
@@ -92,6 +107,44 @@ struct Family<const N: usize, const R: usize> {
     has_host: u32,
     has_block: u32,
     has_dyn: u32,
+}
+
+/// A CPU's last list drop. `generation` 0: empty (the daemon's generations
+/// start at 1).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedVerdict {
+    generation: u64,
+    /// The matched entry's expiry (0: never).
+    expires_ns: u64,
+    /// The source address as two words (IPv4 in the first 4 bytes).
+    addr: [u64; 2],
+    reason_id: u32,
+    family: u8,
+    /// 1: a dynamic block; 0: the static blocklist.
+    dynamic: u8,
+    _pad: [u8; 2],
+}
+
+/// Per-CPU state of the program.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CpuState {
+    cache: CachedVerdict,
+    /// Drops until the next sampled event. Re-armed at random, uniform in
+    /// 1..2N-1 (mean N), after each event: one random number per event
+    /// rather than per drop, and no aliasing with periodic traffic (a plain
+    /// 1-in-N counter would always pick the same of N alternating sources).
+    countdown: u32,
+    _pad: u32,
+}
+
+#[inline(always)]
+fn addr_words(a: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    ]
 }
 
 /// Built where it is used (not a static holding map pointers, which the
@@ -137,29 +190,29 @@ fn decide<const N: usize, const R: usize>(
     syn: bool,
     cfg: &XdpConfig,
     now: &mut Clock,
-) -> (Reason, u32) {
+) -> (Reason, u32, u64) {
     if has(cfg, f.has_allow) && lpm_live(f.allow, a, now).is_some() {
-        return (Reason::Allowlist, 0);
+        return (Reason::Allowlist, 0, 0);
     }
     if has(cfg, f.has_host)
-        && let Some(id) = expiring_live(f.host, &a, now)
+        && let Some((id, exp)) = expiring_live(f.host, &a, now)
     {
-        return (Reason::Blocklist, id);
+        return (Reason::Blocklist, id, exp);
     }
     if has(cfg, f.has_block)
-        && let Some(id) = lpm_live(f.block, a, now)
+        && let Some((id, exp)) = lpm_live(f.block, a, now)
     {
-        return (Reason::Blocklist, id);
+        return (Reason::Blocklist, id, exp);
     }
     if has(cfg, f.has_dyn)
-        && let Some(id) = expiring_live(f.dynamic, &a, now)
+        && let Some((id, exp)) = expiring_live(f.dynamic, &a, now)
     {
-        return (Reason::Dynamic, id);
+        return (Reason::Dynamic, id, exp);
     }
     if cfg.rate_per_sec != 0 && syn && !take_token(f.rate, rate_key, cfg, now.get()) {
-        return (Reason::RateLimit, 0);
+        return (Reason::RateLimit, 0, 0);
     }
-    (Reason::Default, 0)
+    (Reason::Default, 0, 0)
 }
 
 /// The outcome of classifying one frame.
@@ -304,12 +357,12 @@ fn lpm_live<const N: usize>(
     trie: &LpmTrie<[u8; N], BlockEntry>,
     addr: [u8; N],
     now: &mut Clock,
-) -> Option<u32> {
+) -> Option<(u32, u64)> {
     let mut plen = (N * 8) as u32;
     for _ in 0..MAX_EXPIRED_HOPS {
         let e = trie.get(Key::new(plen, addr))?;
         if live(e.expires_ns, now) {
-            return Some(e.reason_id);
+            return Some((e.reason_id, e.expires_ns));
         }
         if e.prefix_len == 0 || e.prefix_len > plen {
             return None;
@@ -354,12 +407,12 @@ fn expiring_live<const N: usize, V: Expiring>(
     map: &HashMap<[u8; N], V>,
     addr: &[u8; N],
     now: &mut Clock,
-) -> Option<u32> {
+) -> Option<(u32, u64)> {
     // SAFETY: the value is read at once; a concurrent delete can at worst
     // make us read a just-removed entry, which was valid a moment ago.
     let e = unsafe { map.get(addr) }?;
     if live(e.expires_ns(), now) {
-        Some(e.reason_id())
+        Some((e.reason_id(), e.expires_ns()))
     } else {
         None
     }
@@ -427,7 +480,38 @@ fn classify(data: usize, end: usize) -> Decision {
     };
     let cfg = config();
     let mut now = Clock(0);
-    let (reason, reason_id) = match src.family {
+    // Read before any list lookup: a change made after this read bumps the
+    // generation, so what is cached below is re-checked on the next packet.
+    let generation = match GENERATION.get(0) {
+        Some(g) => *g,
+        None => 0,
+    };
+    let words = addr_words(&src.addr);
+    let cache = CPU_STATE.get_ptr_mut(0);
+    if generation != 0
+        && let Some(st) = cache
+    {
+        // SAFETY: this CPU's value, valid for this run; no other writer.
+        let c = unsafe { &(*st).cache };
+        if c.generation == generation
+            && c.addr[0] == words[0]
+            && c.addr[1] == words[1]
+            && c.family == src.family
+            && live(c.expires_ns, &mut now)
+        {
+            return Decision {
+                reason: if c.dynamic != 0 {
+                    Reason::Dynamic
+                } else {
+                    Reason::Blocklist
+                },
+                reason_id: c.reason_id,
+                src: Some(src),
+                sample_one_in: cfg.sample_one_in,
+            };
+        }
+    }
+    let (reason, reason_id, expires_ns) = match src.family {
         FAMILY_V4 => {
             let a = [src.addr[0], src.addr[1], src.addr[2], src.addr[3]];
             decide(&v4(), a, &a, src.tcp_syn, &cfg, &mut now)
@@ -438,6 +522,25 @@ fn classify(data: usize, end: usize) -> Decision {
             decide(&v6(), a, &per64, src.tcp_syn, &cfg, &mut now)
         }
     };
+    // Only list drops are cached: they come before the rate limit in the
+    // decision order, and passing traffic must not evict a flood's source.
+    if generation != 0
+        && matches!(reason, Reason::Blocklist | Reason::Dynamic)
+        && let Some(st) = cache
+    {
+        // SAFETY: as above.
+        unsafe {
+            (*st).cache = CachedVerdict {
+                generation,
+                expires_ns,
+                addr: words,
+                reason_id,
+                family: src.family,
+                dynamic: (reason == Reason::Dynamic) as u8,
+                _pad: [0; 2],
+            };
+        }
+    }
     Decision {
         reason,
         reason_id,
@@ -477,9 +580,19 @@ fn sample_event(d: &Decision, ifindex: u32) {
     if every == 0 {
         return;
     }
-    // SAFETY: helper without arguments.
-    if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
-        return;
+    if every > 1 {
+        let Some(st) = CPU_STATE.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's value, valid for this run; no other writer.
+        let st = unsafe { &mut *st };
+        if st.countdown > 1 {
+            st.countdown -= 1;
+            return;
+        }
+        // SAFETY: helper without arguments.
+        let r = unsafe { bpf_get_prandom_u32() };
+        st.countdown = 1 + r % (every.saturating_mul(2) - 1);
     }
     let (addr, family) = match &d.src {
         Some(s) => (s.addr, s.family),

@@ -135,6 +135,10 @@ pub struct Plane {
     dyn_v4: HashMap<MapData, [u8; 4], DynEntry>,
     dyn_v6: HashMap<MapData, [u8; 16], DynEntry>,
     config: Array<MapData, XdpConfig>,
+    /// The lists' generation: one more after every list change, so that no
+    /// CPU's cached verdict outlives the entries it came from.
+    generation_map: Array<MapData, u64>,
+    generation: u64,
     counters: PerCpuArray<MapData, IfCounters>,
     events: Option<RingBuf<MapData>>,
     current: XdpConfig,
@@ -291,6 +295,18 @@ impl Plane {
         let counters = PerCpuArray::try_from(take(mn::COUNTERS)?).map_err(map_err(mn::COUNTERS))?;
         let events = RingBuf::try_from(take(mn::EVENTS)?).map_err(map_err(mn::EVENTS))?;
         let current = config.get(&0, 0).map_err(map_err(mn::CONFIG))?;
+        let mut generation_map: Array<MapData, u64> =
+            Array::try_from(take(mn::GENERATION)?).map_err(map_err(mn::GENERATION))?;
+        // Re-used pins keep counting up: a program still attached from the
+        // previous daemon must not meet a generation it has cached.
+        let generation = generation_map
+            .get(&0, 0)
+            .map_err(map_err(mn::GENERATION))?
+            .wrapping_add(1)
+            .max(1);
+        generation_map
+            .set(0, generation, 0)
+            .map_err(map_err(mn::GENERATION))?;
         let mut plane = Plane {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -303,6 +319,8 @@ impl Plane {
             dyn_v4,
             dyn_v6,
             config,
+            generation_map,
+            generation,
             counters,
             events: Some(events),
             current,
@@ -536,8 +554,35 @@ impl Plane {
         self.current
     }
 
+    /// Voids every CPU's cached verdict: called after each list change,
+    /// before the change is acknowledged.
+    fn bump_generation(&mut self) -> Result<(), XdpError> {
+        let next = self.generation.wrapping_add(1).max(1);
+        self.generation_map
+            .set(0, next, 0)
+            .map_err(map_err(mn::GENERATION))?;
+        self.generation = next;
+        Ok(())
+    }
+
+    /// The lists' generation last written.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Inserts or replaces an entry.
     pub fn insert(
+        &mut self,
+        list: MapList,
+        net: &IpNet,
+        expires_ns: u64,
+        reason_id: u32,
+    ) -> Result<(), XdpError> {
+        self.insert_entry(list, net, expires_ns, reason_id)?;
+        self.bump_generation()
+    }
+
+    fn insert_entry(
         &mut self,
         list: MapList,
         net: &IpNet,
@@ -634,7 +679,7 @@ impl Plane {
             (MapList::Dynamic, IpNet::V6(n)) => self.dyn_v6.remove(&n.addr().octets()),
         };
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => self.bump_generation(),
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
