@@ -169,12 +169,24 @@ impl std::fmt::Display for Key {
 }
 
 /// A [`Key`] borrowed: what the sketch hashes (no allocation per event).
-#[derive(Hash)]
+#[derive(Hash, PartialEq)]
 enum KeyRef<'a> {
     Source(IpAddr),
     Prefix(IpNet),
     Subject(&'a str),
     Client(&'a str),
+}
+
+impl Key {
+    /// Borrowed, as the sketch and the table's fingerprints hash it.
+    fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            Key::Source(a) => KeyRef::Source(*a),
+            Key::Prefix(p) => KeyRef::Prefix(*p),
+            Key::Subject(s) => KeyRef::Subject(s),
+            Key::Client(c) => KeyRef::Client(c),
+        }
+    }
 }
 
 impl KeyRef<'_> {
@@ -186,6 +198,17 @@ impl KeyRef<'_> {
             KeyRef::Client(c) => Key::Client(Arc::from(*c)),
         }
     }
+}
+
+/// The keys a request is limited by, borrowed (no allocation per request).
+fn request_key_refs(source: IpAddr, subject: Option<&str>) -> impl Iterator<Item = KeyRef<'_>> {
+    [
+        Some(KeyRef::Source(source)),
+        Some(KeyRef::Prefix(prefix_of(source))),
+        subject.map(KeyRef::Subject),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The keys a request is limited or banned by: its source, the source's
@@ -239,8 +262,7 @@ impl Sketch {
         }
     }
 
-    fn slots(&self, key: &impl Hash) -> [usize; ROWS] {
-        let h = self.hasher.hash_one(key);
+    fn slots(&self, h: u64) -> [usize; ROWS] {
         let (a, b) = (h as u32 as usize, ((h >> 32) as usize) | 1);
         std::array::from_fn(|r| r * WIDTH + (a.wrapping_add(r.wrapping_mul(b)) & (WIDTH - 1)))
     }
@@ -267,6 +289,11 @@ impl Sketch {
     /// noise floor (its mean load per counter: what any key may be
     /// overcounted by when many distinct keys share the counters).
     fn add(&self, key: &impl Hash, w: f32, now_ms: u64) -> (f32, f32) {
+        self.add_hashed(self.hasher.hash_one(key), w, now_ms)
+    }
+
+    /// [`Sketch::add`] for a key already hashed (with a seeded hasher).
+    fn add_hashed(&self, h: u64, w: f32, now_ms: u64) -> (f32, f32) {
         let win = now_ms / self.window_ms;
         let cur = self.half(win);
         let prev_ok = self.epoch[((win + 1) % 2) as usize].load(Ordering::Acquire) + 1 == win;
@@ -281,7 +308,7 @@ impl Sketch {
             0
         };
         let noise = (load as f32 + prev_load as f32 * (1.0 - frac)) / WIDTH as f32 / SCALE;
-        let slots = self.slots(key);
+        let slots = self.slots(h);
         // Conservative update: raise only the cells below the new minimum.
         let low = slots
             .iter()
@@ -305,6 +332,8 @@ impl Sketch {
 
 /// A key tracked exactly.
 struct Entry {
+    /// The key (the table is keyed by its fingerprint).
+    key: Key,
     score: f32,
     at: Instant,
     counts: [u32; Kind::COUNT],
@@ -400,7 +429,14 @@ pub struct Engine {
     paths: Sketch,
     /// The busiest sources (Space-Saving over 1 request in 8).
     busiest: Mutex<Vec<(IpAddr, u64)>>,
-    table: moka::sync::Cache<Key, Arc<Mutex<Entry>>, hashbrown::DefaultHashBuilder>,
+    /// Tracked keys by fingerprint: a 64-bit hash of the borrowed key with a
+    /// per-process random seed, so an event finds its entry without
+    /// allocating an owned key; the entry holds the key and every lookup
+    /// compares it (a fingerprint collision is a miss, never a merge).
+    table: moka::sync::Cache<u64, Arc<Mutex<Entry>>, hashbrown::DefaultHashBuilder>,
+    /// The fingerprint hasher (foldhash, randomly seeded); also the main
+    /// sketch's hash, so an event hashes each key once.
+    key_hasher: hashbrown::DefaultHashBuilder,
     decay: f32,
     blocks: mpsc::UnboundedSender<BlockOrder>,
     allow: arc_swap::ArcSwap<Vec<IpNet>>,
@@ -480,6 +516,7 @@ impl Engine {
                 .max_capacity(cfg.table_size)
                 .time_to_idle(cfg.half_life * 10)
                 .build_with_hasher(hashbrown::DefaultHashBuilder::default()),
+            key_hasher: hashbrown::DefaultHashBuilder::default(),
             decay: std::f32::consts::LN_2 / cfg.half_life.as_secs_f32(),
             blocks: tx,
             allow: arc_swap::ArcSwap::from_pointee(Vec::new()),
@@ -530,11 +567,10 @@ impl Engine {
     /// counters only.
     pub fn observe(&self, source: IpAddr, subject: Option<&str>, client: Option<&str>, kind: Kind) {
         self.observed[kind as usize].inc();
-        let now = self.now_ms();
         if kind == Kind::Request {
             self.count_busy(source);
             // The anomaly term: requests per second over the baseline.
-            let (per_s, _) = self.rate.add(&Key::Source(source), 1.0, now);
+            let (per_s, _) = self.rate.add(&Key::Source(source), 1.0, self.now_ms());
             let limit = self.cfg.rate_baseline * self.cfg.rate_anomaly_factor;
             if per_s > limit {
                 self.observe(source, subject, client, Kind::RateAnomaly);
@@ -546,9 +582,10 @@ impl Engine {
             return;
         }
         self.share(source, subject, kind);
-        self.score_all(source, subject, client, w, kind, now);
+        self.score_all(source, subject, client, w, kind);
     }
 
+    /// Scores the event's keys, reading the clock once for all of them.
     fn score_all(
         &self,
         source: IpAddr,
@@ -556,16 +593,25 @@ impl Engine {
         client: Option<&str>,
         w: f32,
         kind: Kind,
-        now: u64,
     ) {
-        self.score(KeyRef::Source(source), w, kind, now);
-        self.score(KeyRef::Prefix(prefix_of(source)), w, kind, now);
+        let now = Instant::now();
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.score(KeyRef::Source(source), w, kind, now, now_ms);
+        self.score(KeyRef::Prefix(prefix_of(source)), w, kind, now, now_ms);
         if let Some(s) = subject {
-            self.score(KeyRef::Subject(s), w, kind, now);
+            self.score(KeyRef::Subject(s), w, kind, now, now_ms);
         }
         if let Some(c) = client {
-            self.score(KeyRef::Client(c), w, kind, now);
+            self.score(KeyRef::Client(c), w, kind, now, now_ms);
         }
+    }
+
+    /// The tracked entry of a key, if any (checked against the key).
+    fn entry(&self, kr: &KeyRef<'_>) -> Option<Arc<Mutex<Entry>>> {
+        let fp = self.key_hasher.hash_one(kr);
+        self.table
+            .get(&fp)
+            .filter(|e| e.lock().unwrap_or_else(|p| p.into_inner()).key.as_ref() == *kr)
     }
 
     /// Fleet mode: from now on, scored events are counted for
@@ -621,12 +667,11 @@ impl Engine {
         if w <= 0.0 || ev.n == 0 || self.exempt(ev.source) {
             return;
         }
-        let now = self.now_ms();
         let n = ev.n.min(10_000);
         for _ in 0..n.min(16) {
             // Per event up to 16 (counts and recent events stay right),
             // then the rest in one step.
-            self.score_all(ev.source, ev.subject.as_deref(), None, w, kind, now);
+            self.score_all(ev.source, ev.subject.as_deref(), None, w, kind);
         }
         if n > 16 {
             self.score_all(
@@ -635,7 +680,6 @@ impl Engine {
                 None,
                 w * (n - 16) as f32,
                 kind,
-                now,
             );
         }
     }
@@ -698,8 +742,9 @@ impl Engine {
         b
     }
 
-    fn score(&self, kr: KeyRef<'_>, w: f32, kind: Kind, now_ms: u64) {
-        let (est, noise) = self.sketch.add(&kr, w, now_ms);
+    fn score(&self, kr: KeyRef<'_>, w: f32, kind: Kind, now: Instant, now_ms: u64) {
+        let fp = self.key_hasher.hash_one(&kr);
+        let (est, noise) = self.sketch.add_hashed(fp, w, now_ms);
         // Under the admission level (over the noise floor: under a flood of
         // distinct sources a key needs more events to be told apart from
         // the crowd) the table is not touched: a tracked key this quiet is
@@ -707,12 +752,11 @@ impl Engine {
         if est - noise < self.cfg.admit_score {
             return;
         }
-        let key = kr.owned();
-        let entry = match self.table.get(&key) {
+        let entry = match self.table.get(&fp) {
             Some(e) => e,
             None => {
-                let now = Instant::now();
                 let e = Arc::new(Mutex::new(Entry {
+                    key: kr.owned(),
                     // What the sketch saw before (an overestimate at
                     // worst, so capped); this event is added below.
                     score: (est - w).clamp(0.0, self.cfg.admit_score),
@@ -725,13 +769,17 @@ impl Engine {
                     tokens: self.cfg.limited_burst,
                     refilled: now,
                 }));
-                self.table.insert(key.clone(), e.clone());
+                self.table.insert(fp, e.clone());
                 self.tracked.set(self.table.entry_count() as i64);
                 e
             }
         };
-        let now = Instant::now();
         let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
+        if e.key.as_ref() != kr {
+            // Another key with the same 64-bit fingerprint holds the slot
+            // (about one chance in 2^64 per pair): this one stays untracked.
+            return;
+        }
         e.score = e.score * (-self.decay * now.duration_since(e.at).as_secs_f32()).exp() + w;
         e.at = now;
         e.counts[kind as usize] = e.counts[kind as usize].saturating_add(1);
@@ -740,7 +788,7 @@ impl Engine {
         }
         e.recent.push_back((self.wall(now), kind));
         self.scores.observe(e.score as f64);
-        self.decide(&key, &mut e, now);
+        self.decide(&mut e, now);
     }
 
     fn record(&self, d: Decision) {
@@ -755,23 +803,27 @@ impl Engine {
         q.push_back(d);
     }
 
-    fn decide(&self, key: &Key, e: &mut Entry, now: Instant) {
-        let limit_at = match key {
+    fn decide(&self, e: &mut Entry, now: Instant) {
+        let limit_at = match e.key {
             Key::Prefix(_) => self.cfg.prefix_limit_score,
             _ => self.cfg.rate_limit_score,
         };
-        if let Key::Source(ip) = key
+        let source = match e.key {
+            Key::Source(ip) => Some(ip),
+            _ => None,
+        };
+        if let Some(ip) = source
             && e.score >= self.cfg.block_score
             && e.blocked_until.is_none_or(|u| u <= now)
         {
-            if self.allowlisted(*ip) {
+            if self.allowlisted(ip) {
                 if e.blocked_until.is_none() {
                     // Once per crossing: the mark stops the repeats.
                     e.blocked_until = Some(now + self.cfg.block_ttl);
                     self.record(Decision {
                         time_ms: self.wall(now),
                         action: "not_blocked_allowlisted",
-                        key: key.clone(),
+                        key: e.key.clone(),
                         score: e.score,
                         ttl_s: None,
                         reasons: reasons(&e.counts),
@@ -795,7 +847,7 @@ impl Engine {
                         .join(", ")
                 );
                 let _ = self.blocks.send(BlockOrder {
-                    source: *ip,
+                    source: ip,
                     ttl,
                     reason: reason.chars().take(200).collect(),
                     decided: now,
@@ -803,7 +855,7 @@ impl Engine {
                 self.record(Decision {
                     time_ms: self.wall(now),
                     action: "block",
-                    key: key.clone(),
+                    key: e.key.clone(),
                     score: e.score,
                     ttl_s: Some(ttl.as_secs()),
                     reasons: why,
@@ -818,7 +870,7 @@ impl Engine {
             self.record(Decision {
                 time_ms: self.wall(now),
                 action: "rate_limit",
-                key: key.clone(),
+                key: e.key.clone(),
                 score: e.score,
                 ttl_s: None,
                 reasons: reasons(&e.counts),
@@ -838,12 +890,12 @@ impl Engine {
             return None;
         }
         let now = Instant::now();
-        for key in request_keys(source, subject) {
-            let Some(entry) = self.table.get(&key) else {
+        for key in request_key_refs(source, subject) {
+            let Some(entry) = self.entry(&key) else {
                 continue;
             };
             let limit_at = match key {
-                Key::Prefix(_) => self.cfg.prefix_limit_score,
+                KeyRef::Prefix(_) => self.cfg.prefix_limit_score,
                 _ => self.cfg.rate_limit_score,
             };
             let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
@@ -912,7 +964,10 @@ impl Engine {
         let score = self.score_of(key);
         let banned = self.bans.remove(key).is_some();
         self.ban_count.store(self.bans.len(), Ordering::Relaxed);
-        let tracked = match self.table.remove(key) {
+        let tracked = match self
+            .entry(&key.as_ref())
+            .and_then(|_| self.table.remove(&self.key_hasher.hash_one(key.as_ref())))
+        {
             Some(e) => {
                 if e.lock().unwrap_or_else(|p| p.into_inner()).limited {
                     self.limited_keys.fetch_sub(1, Ordering::Relaxed);
@@ -937,8 +992,7 @@ impl Engine {
 
     fn score_of(&self, key: &Key) -> f32 {
         let now = Instant::now();
-        self.table
-            .get(key)
+        self.entry(&key.as_ref())
             .map(|e| {
                 let e = e.lock().unwrap_or_else(|p| p.into_inner());
                 e.score * (-self.decay * now.duration_since(e.at).as_secs_f32()).exp()
@@ -952,10 +1006,10 @@ impl Engine {
         let mut rows: Vec<TopRow> = self
             .table
             .iter()
-            .map(|(k, v)| {
+            .map(|(_, v)| {
                 let e = v.lock().unwrap_or_else(|p| p.into_inner());
                 TopRow {
-                    key: (*k).clone(),
+                    key: e.key.clone(),
                     score: e.score * (-self.decay * now.duration_since(e.at).as_secs_f32()).exp(),
                     events: reasons(&e.counts),
                     recent: e.recent.iter().map(|(t, k)| (*t, k.as_str())).collect(),
@@ -967,7 +1021,7 @@ impl Engine {
                         .map(|u| self.wall(u)),
                     banned_until_ms: self
                         .bans
-                        .get(&*k)
+                        .get(&e.key)
                         .map(|u| *u)
                         .filter(|u| *u > now)
                         .map(|u| self.wall(u)),
