@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    engine::{AuthzError, Query},
+    engine::{self, AuthzError, Query},
     model::{AuthorizationModel, TupleKey},
     service::Authz,
     store::{MAX_TUPLES_PER_WRITE, Store, StoreError},
@@ -428,13 +428,27 @@ fn store_endpoint(
             }
             let mut result = BTreeMap::new();
             let r = store.with_engine(b.authorization_model_id.as_deref(), |e| {
-                for c in &b.checks {
-                    let q = Query {
+                let queries: Vec<Query<'_>> = b
+                    .checks
+                    .iter()
+                    .map(|c| Query {
                         contextual: contextual(&c.contextual_tuples),
                         context: c.context.as_ref(),
-                    };
-                    let k = &c.tuple_key;
-                    let v = match e.check(&k.object, &k.relation, &k.user, &q) {
+                    })
+                    .collect();
+                let items: Vec<engine::BatchItem<'_>> = b
+                    .checks
+                    .iter()
+                    .zip(&queries)
+                    .map(|(c, q)| engine::BatchItem {
+                        object: &c.tuple_key.object,
+                        relation: &c.tuple_key.relation,
+                        user: &c.tuple_key.user,
+                        q,
+                    })
+                    .collect();
+                for (c, answer) in b.checks.iter().zip(e.check_many(&items)) {
+                    let v = match answer {
                         Ok(allowed) => json!({"allowed": allowed}),
                         Err(err) => json!({"error": {"input_error": error_name(err.code()), "message": err.to_string()}}),
                     };

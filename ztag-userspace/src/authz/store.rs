@@ -12,7 +12,7 @@ use std::{
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use super::{
-    engine::{AuthzError, Engine, Model, Query},
+    engine::{AuthzError, BatchItem, Engine, Model, Query},
     model::{AuthorizationModel, TupleKey},
     tuples::TupleStore,
     validate,
@@ -242,10 +242,16 @@ impl Store {
         let st = self.read();
         let model = Self::model_in(&st, model_id)?;
         let engine = Engine::new(model, &st.tuples);
-        Ok(items
+        let items: Vec<BatchItem<'_>> = items
             .iter()
-            .map(|(o, r, u)| engine.check(o, r, u, q))
-            .collect())
+            .map(|&(object, relation, user)| BatchItem {
+                object,
+                relation,
+                user,
+                q,
+            })
+            .collect();
+        Ok(engine.check_many(&items))
     }
 
     /// Write and delete tuples atomically with OpenFGA's rules, validated

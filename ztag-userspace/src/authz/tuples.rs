@@ -216,11 +216,25 @@ pub enum TupleSyntaxError {
 
 /// Split `type:id`; both parts non-empty, no whitespace, no `#` in the type.
 pub fn split_object(s: &str) -> Option<(&str, &str)> {
-    let (ty, id) = s.split_once(':')?;
-    if ty.is_empty() || id.is_empty() || ty.contains('#') || id.contains('#') {
+    // One pass over the bytes (this runs on every check): the first `:`,
+    // no `#`, no ASCII whitespace; Unicode whitespace only when there are
+    // non-ASCII bytes at all.
+    let mut colon = None;
+    let mut ascii = true;
+    for (i, &c) in s.as_bytes().iter().enumerate() {
+        match c {
+            b':' if colon.is_none() => colon = Some(i),
+            b'#' | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => return None,
+            0x80.. => ascii = false,
+            _ => {}
+        }
+    }
+    if !ascii && s.chars().any(char::is_whitespace) {
         return None;
     }
-    if s.chars().any(char::is_whitespace) {
+    let i = colon?;
+    let (ty, id) = (&s[..i], &s[i + 1..]);
+    if ty.is_empty() || id.is_empty() {
         return None;
     }
     Some((ty, id))
@@ -246,10 +260,15 @@ pub fn split_user(s: &str) -> Option<(&str, &str, &str)> {
 
 /// A valid relation name: non-empty, no `:`, `#`, `@` or whitespace.
 pub fn valid_relation(r: &str) -> bool {
-    !r.is_empty()
-        && !r
-            .chars()
-            .any(|c| c == ':' || c == '#' || c == '@' || c.is_whitespace())
+    let mut ascii = true;
+    for &c in r.as_bytes() {
+        match c {
+            b':' | b'#' | b'@' | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => return false,
+            0x80.. => ascii = false,
+            _ => {}
+        }
+    }
+    !r.is_empty() && (ascii || !r.chars().any(char::is_whitespace))
 }
 
 /// All tuples of one store, indexed.
@@ -506,6 +525,20 @@ impl TupleStore {
             .copied()
     }
 
+    /// Every relation of `obj` that has tuples, with its users.
+    #[inline]
+    pub fn relations_of(&self, obj: Obj) -> &[(Sym, UserList)] {
+        self.by_object.get(&obj).map_or(&[], |r| r.as_slice())
+    }
+
+    /// The users of `rel` among an object's [`TupleStore::relations_of`].
+    #[inline]
+    pub fn users_in(rels: &[(Sym, UserList)], rel: Sym) -> &[(User, CondRef)] {
+        rels.iter()
+            .find(|(r, _)| *r == rel)
+            .map_or(&[], |(_, l)| l.as_slice())
+    }
+
     /// Users of `object#relation`.
     #[inline]
     pub fn users(&self, obj: Obj, rel: Sym) -> &[(User, CondRef)] {
@@ -585,6 +618,17 @@ mod tests {
         assert_eq!(split_user("user:*#member"), None);
         assert_eq!(split_user("group:eng#"), None);
         assert_eq!(split_user("anne"), None);
+        // Whitespace, ASCII or not, anywhere; non-ASCII names are fine.
+        assert_eq!(split_object("doc:a\tb"), None);
+        assert_eq!(split_object("doc:a\u{a0}b"), None);
+        assert_eq!(split_object("do\u{2003}c:1"), None);
+        assert_eq!(split_object("doc:é"), Some(("doc", "é")));
+        assert_eq!(split_object("doc#x:1"), None);
+        assert!(valid_relation("viewer"));
+        assert!(valid_relation("lecteur_é"));
+        for bad in ["", "a:b", "a#b", "a@b", "a b", "a\u{85}b", "a\u{3000}"] {
+            assert!(!valid_relation(bad), "{bad:?}");
+        }
     }
 
     #[test]
