@@ -13,6 +13,10 @@
 //! `cargo bench -p ztag-userspace --bench fga [-- --tuples N --seconds S]`;
 //! writes `target/bench/fga-YYYYMMDD-HHMMSS.md` and prints it.
 
+/// The daemon's allocator (huge pages for the large tables).
+#[global_allocator]
+static ALLOC: ztag::alloc::ZtagAlloc = ztag::alloc::ZtagAlloc;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},

@@ -14,6 +14,10 @@
 //! Goals (issue 7): intake ≥ 1M events/s per core; the engine costs ≤ 3 %
 //! of gateway throughput. Writes `target/bench/risk-YYYYMMDD-HHMMSS.md`.
 
+/// The daemon's allocator (huge pages for the large tables).
+#[global_allocator]
+static ALLOC: ztag::alloc::ZtagAlloc = ztag::alloc::ZtagAlloc;
+
 use std::{
     net::{IpAddr, Ipv4Addr},
     process::{Command, Stdio},

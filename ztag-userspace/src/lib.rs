@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod alloc;
 pub mod authn;
 pub mod authz;
 pub mod cli;

@@ -3,6 +3,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Huge pages for the large tables (see `ztag::alloc`).
+#[global_allocator]
+static ALLOC: ztag::alloc::ZtagAlloc = ztag::alloc::ZtagAlloc;
+
 fn main() -> ExitCode {
     let cli = ztag::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZTAG_LOG")
