@@ -96,16 +96,14 @@ fn cli_dev(topo: &Topology) -> String {
             .stdout,
     )
     .unwrap();
-    let dev = dev
-        .split(':')
+    dev.split(':')
         .nth(1)
         .unwrap()
         .trim()
         .split('@')
         .next()
         .unwrap()
-        .to_string();
-    dev
+        .to_string()
 }
 
 fn add_addresses(topo: &Topology, hosts: std::ops::Range<u8>) {
