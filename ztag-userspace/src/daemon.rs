@@ -751,13 +751,26 @@ async fn read_events(
         };
         let (now, boot) = (now_ms(), boottime_ns());
         let mut recent = shared.events.lock().unwrap_or_else(|p| p.into_inner());
-        for ev in batch {
-            let source = addr_from_event(ev.family, ev.addr)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into());
+        // Only the newest RECENT_EVENTS of a batch are kept for `ztag
+        // events`: the others are counted and scored without building a
+        // view (two strings each), which is most of the batch in a flood.
+        let keep_from = batch.len().saturating_sub(RECENT_EVENTS);
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        for (i, ev) in batch.into_iter().enumerate() {
             let reason = Reason::from_index(ev.reason)
                 .map(|r| r.label())
                 .unwrap_or("unknown");
+            let ip = addr_from_event(ev.family, ev.addr);
+            if let Some(ip) = ip {
+                shared.hits.record(reason, ip);
+                if let Some(r) = &shared.risk {
+                    r.observe(ip, None, None, crate::risk::engine::Kind::XdpDrop);
+                }
+            }
+            if i < keep_from && !debug {
+                continue;
+            }
+            let source = ip.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
             let view = EventView {
                 source,
                 interface: names
@@ -769,11 +782,8 @@ async fn read_events(
                 time_ms: now - (boot.saturating_sub(ev.time_ns) / 1_000_000) as i64,
             };
             debug!(source = %view.source, interface = %view.interface, reason = %view.reason, "drop");
-            if let Some(ip) = addr_from_event(ev.family, ev.addr) {
-                shared.hits.record(reason, ip);
-                if let Some(r) = &shared.risk {
-                    r.observe(ip, None, None, crate::risk::engine::Kind::XdpDrop);
-                }
+            if i < keep_from {
+                continue;
             }
             if recent.len() == RECENT_EVENTS {
                 recent.pop_front();
