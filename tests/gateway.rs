@@ -188,6 +188,17 @@ fn tls_http1_and_http2_with_sni() {
             assert_eq!(seen(&echo, "x-forwarded-proto"), ["https"], "{flag} {host}");
         }
     }
+    // No ALPN: HTTP/1.1 (h2 over TLS is negotiated, never sniffed). Two
+    // URLs, so curl sends two requests on the one connection.
+    let first = format!("https://{HOST}:{}/v1/items", g.tls_port);
+    let out = g.curl_tls(HOST, "/v1/items", &["--no-alpn", "-H", &auth, &first]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.matches("\n200 1.1").count(),
+        2,
+        "curl --no-alpn: expected two 200s over HTTP/1.1\nstdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A name no certificate has gets the default one, which curl refuses
     // to accept for that name (exit 60: peer certificate mismatch).
     let out = g.curl_tls("unknown.example.com", "/", &["--http1.1"]);
