@@ -91,6 +91,21 @@ impl H1Scanner {
                         if data.is_empty() {
                             break;
                         }
+                        // The usual case: the whole head in one read,
+                        // checked where it lies, without a copy.
+                        let window = &data[..data.len().min(self.max_head + 4)];
+                        if let Some(p) = memchr::memmem::find(window, b"\r\n\r\n") {
+                            let (head, rest) = data.split_at(p + 4);
+                            data = rest;
+                            match self.head(head) {
+                                Ok(next) => self.state = next,
+                                Err(a) => {
+                                    self.state = State::Done;
+                                    return Some(a);
+                                }
+                            }
+                            continue;
+                        }
                     }
                     let (line, rest) = self.take_until(data, b"\r\n\r\n", self.max_head);
                     data = rest;
@@ -140,7 +155,7 @@ impl H1Scanner {
                     }
                 }
                 State::ChunkEnd => {
-                    let (line, rest) = self.take_until(data, b"\r\n", 2);
+                    let (line, rest) = self.take_until(data, b"\r\n", 0);
                     data = rest;
                     match line {
                         Take::More => {}
@@ -171,7 +186,8 @@ impl H1Scanner {
         None
     }
 
-    /// Appends to `buf` up to and including `end`; returns what is left.
+    /// Appends to `buf` up to and including `end`, which may come after at
+    /// most `max` other bytes; returns what is left.
     fn take_until<'d>(&mut self, data: &'d [u8], end: &[u8], max: usize) -> (Take, &'d [u8]) {
         // Search where the terminator could start: it may straddle reads.
         let from = self.buf.len().saturating_sub(end.len() - 1);
@@ -179,17 +195,16 @@ impl H1Scanner {
         let room = max.saturating_sub(old) + end.len();
         let chunk = &data[..data.len().min(room)];
         self.buf.extend_from_slice(chunk);
-        let found = self.buf[from..]
-            .windows(end.len())
-            .position(|w| w == end)
-            .map(|p| from + p + end.len());
+        let found = memchr::memmem::find(&self.buf[from..], end).map(|p| from + p + end.len());
         match found {
             Some(stop) => {
                 let used = stop - old;
                 self.buf.truncate(stop);
                 (Take::Line, &data[used..])
             }
-            None if self.buf.len() > max => (Take::TooLong, &[]),
+            // `max` bytes and then `end` fit; once the buffer holds that
+            // many without `end`, no completion can.
+            None if self.buf.len() >= max + end.len() => (Take::TooLong, &[]),
             None => (Take::More, &data[chunk.len()..]),
         }
     }
@@ -264,6 +279,32 @@ mod tests {
     fn bytewise(data: &[u8]) -> Option<Ambiguity> {
         let mut s = H1Scanner::new(16 * 1024);
         data.chunks(1).find_map(|b| s.feed(b))
+    }
+
+    #[test]
+    fn the_head_limit_is_the_same_in_one_read_and_byte_by_byte() {
+        // max_head counts the head without its final CRLF CRLF.
+        for (extra, want) in [(0, None), (1, Some(Ambiguity::HeadTooLarge))] {
+            let mut head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+            head.resize(100 + extra, b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            let mut whole = H1Scanner::new(100);
+            assert_eq!(whole.feed(&head), want, "one read, {extra} over");
+            let mut bytes = H1Scanner::new(100);
+            assert_eq!(
+                head.chunks(1).find_map(|b| bytes.feed(b)),
+                want,
+                "bytewise, {extra} over"
+            );
+            // Two requests in one read: the second is checked too.
+            let mut two = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+            two.extend_from_slice(&head);
+            assert_eq!(
+                H1Scanner::new(100).feed(&two),
+                want,
+                "second head, {extra} over"
+            );
+        }
     }
 
     #[test]
