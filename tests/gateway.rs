@@ -1293,11 +1293,38 @@ fn slowloris_is_disconnected_after_header_read_timeout() {
         closed < Duration::from_secs(4),
         "trickled header closed after {closed:?}, expected about 1 s"
     );
+    // Part of the h2c preface, then silence: the same timeout.
+    let mut s = TcpStream::connect(g.plain_addr()).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let (_, closed) = wait_closed(&mut s, Duration::from_secs(8));
+    let closed = closed.unwrap_or_else(|| {
+        panic!("a stalled partial h2c preface was still open after 8 s (header_read_timeout = 1s)")
+    });
+    assert!(
+        closed >= Duration::from_millis(700) && closed < Duration::from_secs(4),
+        "stalled h2c preface closed after {closed:?}, expected about 1 s"
+    );
     assert_eq!(
         g.upstream.requests(),
         0,
         "a partial request reached the upstream"
     );
+    // h2c with prior knowledge and HTTP/1.1 on the plain listener (the
+    // preface is peeked at, hyper reads every byte itself).
+    let url = format!("http://{}/public", g.plain_addr());
+    for (flag, version) in [("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-o", "/dev/null"])
+            .args(["-w", "%{http_code} %{http_version}", flag, &url])
+            .output()
+            .expect("running curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("200 {version}"),
+            "curl {flag} {url}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

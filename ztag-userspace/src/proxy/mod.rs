@@ -368,13 +368,12 @@ pub struct Gateway {
     log: AccessLog,
     open: AtomicUsize,
     per_source: DashMap<IpAddr, usize>,
-    /// Plain listeners: HTTP/1.1, or h2c by its preface (sniffed).
-    http: auto::Builder<TokioExecutor>,
-    /// TLS listeners, by ALPN: `h2`, or HTTP/1.1 for anything else (RFC
-    /// 9113 §3.2: h2 over TLS is negotiated, never sniffed). Not sniffing
-    /// also keeps hyper's read buffer at 8 KB: the 24 sniffed bytes handed
-    /// back to it made its first reserve double the buffer, 16 KB for every
-    /// connection.
+    /// The protocol of a connection is known before hyper gets it: by
+    /// ALPN on TLS listeners (`h2`, or HTTP/1.1 for anything else: RFC 9113
+    /// §3.2, h2 over TLS is negotiated), by a peek at the h2c preface on
+    /// plain ones ([`h2c_preface`]). hyper-util's own sniffing read the 24
+    /// bytes and handed them back, which made hyper's first read-buffer
+    /// reserve double the buffer: 16 KB instead of 8 for every connection.
     http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
     epoch: Instant,
@@ -704,8 +703,7 @@ impl Gateway {
             open: AtomicUsize::new(0),
             per_source: DashMap::new(),
             http1: http.clone().http1_only(),
-            http2: http.clone().http2_only(),
-            http,
+            http2: http.http2_only(),
             epoch: Instant::now(),
             draining: tokio::sync::watch::Sender::new(false),
         }))
@@ -859,10 +857,43 @@ impl Gateway {
         // each kept a slot: about 8 KB for every idle connection.
         let serving: Pin<Box<dyn Future<Output = ()> + Send + '_>> = match &l.tls {
             None => {
-                // Plain listeners are taken as HTTP/1 for the header timer
-                // (an h2c client that idles with PINGs is cut after
-                // header_read_timeout; TLS clients negotiate h2 by ALPN).
-                let clock = Clock::new(self.epoch, true);
+                let limits = &self.cfg.limits;
+                let sniff = Box::pin(h2c_preface(
+                    &stream,
+                    limits.idle_timeout,
+                    limits.header_read_timeout,
+                ));
+                let mut draining = self.draining.subscribe();
+                let sniffed = tokio::select! {
+                    s = sniff => s,
+                    _ = until_draining(&mut draining) => return,
+                };
+                let h2 = match sniffed {
+                    Ok(Sniff::H1) => false,
+                    Ok(Sniff::H2) => true,
+                    Ok(Sniff::Idle) => {
+                        debug!(%peer, "idle timeout before a first byte");
+                        return;
+                    }
+                    Ok(Sniff::Slow) => {
+                        self.metrics.denied("header_read_timeout");
+                        if let Some(r) = &self.risk {
+                            r.observe(
+                                peer.ip(),
+                                None,
+                                None,
+                                crate::risk::engine::Kind::SlowRequest,
+                            );
+                        }
+                        debug!(%peer, "h2c preface not complete within header_read_timeout");
+                        return;
+                    }
+                    Err(e) => {
+                        debug!(%peer, "connection ended before a request: {e}");
+                        return;
+                    }
+                };
+                let clock = Clock::new(self.epoch, !h2);
                 let conn = Arc::new(Conn {
                     listener: idx,
                     peer,
@@ -871,7 +902,8 @@ impl Gateway {
                     clock: clock.clone(),
                 });
                 let io = IdleIo::new(stream, clock, self.cfg.limits.max_header_bytes);
-                Box::pin(self.serve_http(conn, io, &self.http))
+                let wire = if h2 { &self.http2 } else { &self.http1 };
+                Box::pin(self.serve_http(conn, io, wire))
             }
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
@@ -2000,6 +2032,48 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
 /// Resolves once the gateway drains (the watch's guard is not held across
 /// an await, so the futures stay `Send`).
+/// What a plain connection opens with.
+#[derive(Debug, PartialEq)]
+enum Sniff {
+    H1,
+    /// The h2c connection preface (RFC 9113 §3.4): prior knowledge.
+    H2,
+    /// No byte within `idle_timeout`.
+    Idle,
+    /// Part of the preface, and the rest not within `header_read_timeout`.
+    Slow,
+}
+
+/// Tells h2c from HTTP/1 by peeking at the first bytes: hyper then reads
+/// every byte itself, into a buffer of its usual size. Anything that is not
+/// a prefix of the preface is HTTP/1 (EOF too: hyper sees it). While only a
+/// prefix has arrived the peek is retried, backing off to 64 ms, until the
+/// header timeout.
+async fn h2c_preface(stream: &TcpStream, idle: Duration, head: Duration) -> std::io::Result<Sniff> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let Ok(first) = tokio::time::timeout(idle, stream.peek(&mut buf)).await else {
+        return Ok(Sniff::Idle);
+    };
+    let mut n = first?;
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if n == 0 || buf[..n] != PREFACE[..n] {
+            return Ok(Sniff::H1);
+        }
+        if n == PREFACE.len() {
+            return Ok(Sniff::H2);
+        }
+        if started.elapsed() >= head {
+            return Ok(Sniff::Slow);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(64));
+        n = stream.peek(&mut buf).await?;
+    }
+}
+
 async fn until_draining(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|d| *d).await;
 }
