@@ -536,9 +536,24 @@ fn fleet_risk_scores_add_up_across_gateways() {
     // score (6) on either alone, over it together.
     let w = World::new();
     let scanner = format!("{}/32", w.addr(11));
+    let mut n = 0;
     for i in 0..7 {
-        assert_eq!(w.get(0, 11, &format!("/scan-a-{i}"), "2"), 404);
-        assert_eq!(w.get(1, 11, &format!("/scan-b-{i}"), "2"), 404);
+        for (gw, tag) in [(0, 'a'), (1, 'b')] {
+            n += 1;
+            let code = w.get(gw, 11, &format!("/scan-{tag}-{i}"), "2");
+            // 0.5 points each: 11 requests stay under both scores. From
+            // the 12th the fleet's total can reach the block score while
+            // the loop still runs (how soon depends on the sync), so the
+            // source may already be limited or dropped (curl: 0).
+            if n <= 11 {
+                assert_eq!(code, 404, "request {n} of the scan");
+            } else {
+                assert!(
+                    matches!(code, 404 | 429 | 0),
+                    "request {n} of the scan: {code}"
+                );
+            }
+        }
     }
     w.until(
         "the scanner was not blocked fleet-wide",
