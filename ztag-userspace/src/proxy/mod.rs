@@ -876,16 +876,7 @@ impl Gateway {
                         return;
                     }
                     Ok(Sniff::Slow) => {
-                        self.metrics.denied("header_read_timeout");
-                        if let Some(r) = &self.risk {
-                            r.observe(
-                                peer.ip(),
-                                None,
-                                None,
-                                crate::risk::engine::Kind::SlowRequest,
-                            );
-                        }
-                        debug!(%peer, "h2c preface not complete within header_read_timeout");
+                        self.slow_head(peer, "h2c preface");
                         return;
                     }
                     Err(e) => {
@@ -1018,11 +1009,7 @@ impl Gateway {
                         if since != 0 && now.saturating_sub(since) >= head {
                             // Slowloris: a request head that does not finish.
                             // No graceful close: the peer is not reading.
-                            self.metrics.denied("header_read_timeout");
-                            if let Some(r) = &self.risk {
-                                r.observe(conn.peer.ip(), None, None, crate::risk::engine::Kind::SlowRequest);
-                            }
-                            debug!(peer = %conn.peer, "request head not complete within header_read_timeout");
+                            self.slow_head(conn.peer, "request head");
                             return;
                         }
                         if now.saturating_sub(clock.last_io.load(Ordering::Relaxed)) >= idle {
@@ -1035,6 +1022,21 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// A head (or h2c preface) not complete within `header_read_timeout`:
+    /// counted, reported to the risk engine; the caller closes.
+    fn slow_head(&self, peer: SocketAddr, what: &str) {
+        self.metrics.denied("header_read_timeout");
+        if let Some(r) = &self.risk {
+            r.observe(
+                peer.ip(),
+                None,
+                None,
+                crate::risk::engine::Kind::SlowRequest,
+            );
+        }
+        debug!(%peer, "{what} not complete within header_read_timeout");
     }
 
     async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<RespBody> {
