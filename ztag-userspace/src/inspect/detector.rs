@@ -39,7 +39,7 @@ pub struct Detector {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<(Features, Vec<Hit>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static HITS: RefCell<Vec<Hit>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Detector {
@@ -69,6 +69,13 @@ impl Detector {
 
     /// Normalises and matches `text`: what the classifier reads.
     pub fn analyze(&self, text: &str, feats: &mut Features, hits: &mut Vec<Hit>) -> Normalized {
+        let n = self.prepare(text, hits);
+        classifier::features(&n.text, text, hits, &n.transforms, feats);
+        n
+    }
+
+    /// Normalisation and signatures, before the classifier.
+    fn prepare(&self, text: &str, hits: &mut Vec<Hit>) -> Normalized {
         let budget = text
             .len()
             .saturating_mul(DECODE_BUDGET_FACTOR)
@@ -82,18 +89,21 @@ impl Detector {
                 category: Category::Obfuscation,
             });
         }
-        classifier::features(&n.text, text, hits, &n.transforms, feats);
         n
+    }
+
+    /// The classifier's score of `text` (with the short-text gate), and
+    /// what it read.
+    fn classify(&self, text: &str, hits: &mut Vec<Hit>) -> (f32, Normalized) {
+        let n = self.prepare(text, hits);
+        let s = self.model.score_text(&n.text, text, hits, &n.transforms);
+        (self.gate(s, hits, text), n)
     }
 
     /// Just the score (no reasons): the fast path for benchmarks and
     /// evaluation.
     pub fn score(&self, text: &str) -> f32 {
-        SCRATCH.with(|s| {
-            let (feats, hits) = &mut *s.borrow_mut();
-            self.analyze(text, feats, hits);
-            self.gate(self.model.score(feats), hits, text)
-        })
+        HITS.with(|h| self.classify(text, &mut h.borrow_mut()).0)
     }
 
     /// A text of a few words that no rule matched carries too little
@@ -110,10 +120,9 @@ impl Detector {
 
     /// The verdict on one text.
     pub fn detect(&self, text: &str) -> Verdict {
-        SCRATCH.with(|s| {
-            let (feats, hits) = &mut *s.borrow_mut();
-            let n = self.analyze(text, feats, hits);
-            let score = self.gate(self.model.score(feats), hits, text);
+        HITS.with(|h| {
+            let hits = &mut *h.borrow_mut();
+            let (score, n) = self.classify(text, hits);
             self.verdict(score, hits, &n)
         })
     }
