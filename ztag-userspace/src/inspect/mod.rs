@@ -21,7 +21,9 @@ pub mod train;
 use std::{hash::BuildHasher, sync::Arc};
 
 use anyhow::{Context, Result};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 pub use config::{Action, FilterAction, InspectConfig, Mode, RouteFilter, RouteInspect};
 pub use detector::{Detector, Verdict};
@@ -181,10 +183,10 @@ impl Inspector {
         };
         let key = self.hasher.hash_one(text);
         if let Some(s) = cache.get(&key) {
-            self.metrics.cache.with_label_values(&["hit"]).inc();
+            self.metrics.cache_hit.inc();
             return s;
         }
-        self.metrics.cache.with_label_values(&["miss"]).inc();
+        self.metrics.cache_miss.inc();
         let s = self.detector.score(text);
         cache.insert(key, s);
         s
@@ -233,11 +235,14 @@ impl Inspector {
     }
 }
 
-/// `ztag_inspect_*` metrics.
+/// `ztag_inspect_*` metrics. The children with fixed labels are looked up
+/// once here, not on every request.
 struct InspectMetrics {
-    cache: IntCounterVec,
+    cache_hit: IntCounter,
+    cache_miss: IntCounter,
     verdicts: IntCounterVec,
-    seconds: HistogramVec,
+    /// By [`Mode`]: llm, mcp, text.
+    seconds: [Histogram; 3],
     findings: IntCounterVec,
 }
 
@@ -279,9 +284,11 @@ impl InspectMetrics {
         r.register(Box::new(seconds.clone()))?;
         r.register(Box::new(findings.clone()))?;
         Ok(InspectMetrics {
-            cache,
+            cache_hit: cache.with_label_values(&["hit"]),
+            cache_miss: cache.with_label_values(&["miss"]),
             verdicts,
-            seconds,
+            seconds: [Mode::Llm, Mode::Mcp, Mode::Text]
+                .map(|m| seconds.with_label_values(&[m.as_str()])),
             findings,
         })
     }
@@ -295,9 +302,12 @@ impl InspectMetrics {
         action: &str,
         start: std::time::Instant,
     ) {
-        self.seconds
-            .with_label_values(&[mode.as_str()])
-            .observe(start.elapsed().as_secs_f64());
+        let i = match mode {
+            Mode::Llm => 0,
+            Mode::Mcp => 1,
+            Mode::Text => 2,
+        };
+        self.seconds[i].observe(start.elapsed().as_secs_f64());
         let cat = d.map(|d| d.verdict.category).unwrap_or("clean");
         let action = if d.is_some() { action } else { "pass" };
         self.verdicts
