@@ -22,6 +22,7 @@
 //! payload on its own line, plus what was done (for the verdict's reasons).
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use base64::Engine as _;
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
@@ -233,11 +234,12 @@ fn fold_into(s: &str, out: &mut String, t: &mut Transforms) -> Flags {
     // Folding only lower-cases, joins whitespace and turns look-alikes into
     // ASCII letters, so the folded text shows every trigger the raw text
     // has (and a few more): a safe prefilter for the later steps.
-    let mut f = FlagScan::default();
+    let table = &*FLAG_TABLE;
+    let mut flags = table.start();
     for &b in &out.as_bytes()[start..] {
-        f.step(CLASS[b as usize]);
+        flags.step(table, b);
     }
-    f.finish()
+    flags.finish()
 }
 
 const WS: u8 = 1;
@@ -340,6 +342,7 @@ impl FlagScan {
         }
     }
 
+    #[cfg(test)]
     fn finish(self) -> Flags {
         Flags {
             leet_or_spaced: self.leet || self.spaced || (self.tok == 1 && self.singles >= 3),
@@ -347,6 +350,150 @@ impl FlagScan {
         }
     }
 }
+
+/// [`FlagScan`] as a table over its states, with counters capped where
+/// its tests stop telling values apart (run length at 16, tokens at 2,
+/// single-character tokens at 3; the letter/substitute history as the
+/// three states its pattern needs): one lookup per byte. Built once from
+/// `FlagScan::step` itself, so the two agree by construction.
+struct FlagTable {
+    /// `next[state * classes + class]`: the next state, with the flags
+    /// that step raised in the high bits.
+    next: Vec<u16>,
+    /// Byte → class (bytes with the same [`CLASS`] bits share one).
+    class: [u8; 256],
+    classes: usize,
+}
+
+const F_ENCODED: u16 = 1 << 13;
+const F_LEET: u16 = 1 << 14;
+const F_SPACED: u16 = 1 << 15;
+const F_STATE: u16 = (1 << 13) - 1;
+const FLAG_STATES: usize = 17 * 3 * 3 * 4;
+
+static FLAG_TABLE: LazyLock<FlagTable> = LazyLock::new(FlagTable::build);
+
+impl FlagScan {
+    /// The capped state's number.
+    fn key(&self) -> usize {
+        let run = self.run64.min(16) as usize;
+        let hist = match (self.hist & 3, (self.hist >> 2) & 3) {
+            (2, _) => 1, // ends with a letter
+            (1, 2) => 2, // letter, substitute
+            _ => 0,
+        };
+        ((run * 3 + hist) * 3 + self.tok.min(2) as usize) * 4 + self.singles.min(3) as usize
+    }
+
+    /// A scanner in capped state `key`, no flags raised.
+    fn from_key(key: usize) -> FlagScan {
+        let singles = (key % 4) as u32;
+        let tok = (key / 4 % 3) as u32;
+        let hist = [0, 2, (2 << 2) | 1][key / 12 % 3];
+        let run64 = (key / 36) as u32;
+        FlagScan {
+            hist,
+            tok,
+            singles,
+            run64,
+            ..Default::default()
+        }
+    }
+
+    fn flag_bits(&self) -> u16 {
+        (self.encoded as u16 * F_ENCODED)
+            | (self.leet as u16 * F_LEET)
+            | (self.spaced as u16 * F_SPACED)
+    }
+}
+
+impl FlagTable {
+    fn build() -> FlagTable {
+        let mut kinds: Vec<u8> = Vec::new();
+        let mut class = [0u8; 256];
+        for (b, c) in class.iter_mut().enumerate() {
+            let k = CLASS[b];
+            *c = match kinds.iter().position(|&x| x == k) {
+                Some(i) => i as u8,
+                None => {
+                    kinds.push(k);
+                    (kinds.len() - 1) as u8
+                }
+            };
+        }
+        let classes = kinds.len();
+        let mut next = vec![0u16; FLAG_STATES * classes];
+        for state in 0..FLAG_STATES {
+            for (c, &k) in kinds.iter().enumerate() {
+                let mut f = FlagScan::from_key(state);
+                f.step(k);
+                next[state * classes + c] = f.key() as u16 | f.flag_bits();
+            }
+        }
+        FlagTable {
+            next,
+            class,
+            classes,
+        }
+    }
+
+    /// The flags of `bytes`, as [`FlagScan`] would give them.
+    #[cfg(test)]
+    fn scan(&self, bytes: &[u8]) -> Flags {
+        let mut run = self.start();
+        for &b in bytes {
+            run.step(self, b);
+        }
+        run.finish()
+    }
+
+    fn start(&self) -> FlagRun {
+        FlagRun {
+            state: FlagScan::default().key(),
+            flags: 0,
+        }
+    }
+}
+
+/// One scan through a [`FlagTable`].
+struct FlagRun {
+    state: usize,
+    flags: u16,
+}
+
+impl FlagRun {
+    #[inline(always)]
+    fn step(&mut self, t: &FlagTable, b: u8) {
+        let e = t.next[self.state * t.classes + t.class[b as usize] as usize];
+        self.flags |= e;
+        self.state = (e & F_STATE) as usize;
+    }
+
+    fn finish(self) -> Flags {
+        let end = FlagScan::from_key(self.state);
+        let spaced = self.flags & F_SPACED != 0 || (end.tok == 1 && end.singles >= 3);
+        Flags {
+            leet_or_spaced: spaced || self.flags & F_LEET != 0,
+            encoded: self.flags & F_ENCODED != 0,
+        }
+    }
+}
+
+/// Byte → folded byte: whitespace becomes a space, letters lower case.
+static FOLD: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_whitespace() {
+            b' '
+        } else {
+            b.to_ascii_lowercase()
+        };
+        i += 1;
+    }
+    t
+};
 
 /// The ASCII fold, with the triggers of the later steps.
 fn fold_ascii(s: &str, out: &mut String) -> Flags {
@@ -356,12 +503,13 @@ fn fold_ascii(s: &str, out: &mut String) -> Flags {
     v.resize(base + s.len(), 0);
     let mut j = base;
     let mut space = true;
-    let mut f = FlagScan::default();
+    let table = &*FLAG_TABLE;
+    let mut flags = table.start();
     for &b in s.as_bytes() {
-        let k = CLASS[b as usize];
-        f.step(k);
-        let ws = k & WS != 0;
-        v[j] = if ws { b' ' } else { b.to_ascii_lowercase() };
+        flags.step(table, b);
+        let o = FOLD[b as usize];
+        let ws = o == b' ';
+        v[j] = o;
         j += !(ws && space) as usize;
         space = ws;
     }
@@ -371,7 +519,7 @@ fn fold_ascii(s: &str, out: &mut String) -> Flags {
     }
     // Only ASCII was written onto valid UTF-8.
     *out = String::from_utf8(v).unwrap_or_default();
-    f.finish()
+    flags.finish()
 }
 
 fn fold_unicode(s: &str, out: &mut String, t: &mut Transforms) {
@@ -733,6 +881,47 @@ fn entity(name: &str) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table gives the flags the step-by-step scanner gives, on
+    /// every short string over the bytes that matter and on the data.
+    #[test]
+    fn the_flag_table_agrees_with_the_scanner() {
+        let reference = |b: &[u8]| {
+            let mut f = FlagScan::default();
+            for &c in b {
+                f.step(CLASS[c as usize]);
+            }
+            f.finish()
+        };
+        let same =
+            |a: Flags, b: Flags| a.encoded == b.encoded && a.leet_or_spaced == b.leet_or_spaced;
+        let alphabet = b"a1 .%A=\xc3";
+        let mut buf = Vec::new();
+        for n in 0..=6u32 {
+            for mut i in 0..alphabet.len().pow(n) {
+                buf.clear();
+                for _ in 0..n {
+                    buf.push(alphabet[i % alphabet.len()]);
+                    i /= alphabet.len();
+                }
+                assert!(same(FLAG_TABLE.scan(&buf), reference(&buf)), "{buf:?}");
+            }
+        }
+        for t in [
+            "i g n o r e this",
+            "a b c",
+            "1gn0r3 all rules",
+            "aGVsbG8gd29ybGQgaGVsbG8=",
+            "a%20b",
+            "state-of-the-art-thing",
+            "x y z w",
+        ] {
+            assert!(
+                same(FLAG_TABLE.scan(t.as_bytes()), reference(t.as_bytes())),
+                "{t}"
+            );
+        }
+    }
 
     #[test]
     fn the_hidden_character_prefilter_misses_none() {
