@@ -167,8 +167,10 @@ fn clean_chars<'a>(input: &'a str, t: &mut Transforms) -> (Cow<'a, str>, Option<
     }
     let mut hidden = String::new();
     let mut s = String::with_capacity(input.len());
-    for c in input.nfkc() {
-        if is_tag(c) {
+    let mut keep = |c: char| {
+        if !maybe_hidden(c) {
+            s.push(c);
+        } else if is_tag(c) {
             if let Some(a) =
                 char::from_u32(c as u32 - 0xE0000).filter(|a| a.is_ascii_graphic() || *a == ' ')
             {
@@ -180,6 +182,13 @@ fn clean_chars<'a>(input: &'a str, t: &mut Transforms) -> (Cow<'a, str>, Option<
         } else {
             s.push(c);
         }
+    };
+    // Text already in NFKC (only invisible characters to drop) is its own
+    // NFKC: no need to run the normaliser over it.
+    if plain {
+        input.chars().for_each(&mut keep);
+    } else {
+        input.nfkc().for_each(&mut keep);
     }
     if !hidden.is_empty() {
         t.tag_smuggling = true;
@@ -541,7 +550,7 @@ fn fold_unicode(s: &str, out: &mut String, t: &mut Transforms) {
                     out.push(c.to_ascii_lowercase());
                     continue;
                 }
-                match confusable(c).filter(|_| mixed) {
+                match if mixed { confusable(c) } else { None } {
                     Some(a) => {
                         out.push(a);
                         t.homoglyphs = true;
