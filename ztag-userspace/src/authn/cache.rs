@@ -1,21 +1,23 @@
 //! Which verified bearer tokens may skip verification. An entry is keyed by
-//! SHA-256 of the token bytes and the provider that verified it, expires no
-//! later than the token's `exp` (a moka per-entry [`Expiry`]), and is used
-//! only while that provider's key set is still the one that verified it
-//! and not stale: a key rotation or an IdP outage past `max_staleness`
-//! ends cached verifications too. Only JWT successes are stored; client
-//! assertions never come from here (a hit would let a replay through).
+//! SHA-256 of the token bytes and the provider that verified it, is served
+//! only before the token's `exp` (checked on every lookup; an expired entry
+//! is removed when found, and otherwise ages out with the bounded cache's
+//! eviction), and is used only while that provider's key set is still the
+//! one that verified it and not stale: a key rotation or an IdP outage past
+//! `max_staleness` ends cached verifications too. Only JWT successes are
+//! stored; client assertions never come from here (a hit would let a
+//! replay through).
 //!
-//! A hit hashes the token, does one moka lookup and one atomic load of the
-//! key set, and clones an `Arc<Principal>`: no allocation.
+//! The cache is quick_cache's (sharded, CLOCK-Pro eviction): an insert is
+//! a hash-table insert under one shard's lock, with no timer wheel or
+//! deferred maintenance, which matters when every token is new. A hit
+//! hashes the token, does one lookup and one atomic load of the key set,
+//! and clones an `Arc<Principal>`: no allocation.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Instant};
 
 use aws_lc_rs::digest::{SHA256, digest};
-use moka::{Expiry, sync::Cache};
+use quick_cache::sync::Cache;
 
 use super::{Principal, jwks::KeyStore};
 
@@ -30,18 +32,6 @@ pub(crate) struct Entry {
     pub generation: u64,
     /// The token's `exp` (Unix seconds).
     pub exp: u64,
-}
-
-/// Expires each entry at its token's `exp`.
-struct AtExp;
-
-impl Expiry<CacheKey, Entry> for AtExp {
-    fn expire_after_create(&self, _: &CacheKey, e: &Entry, _: Instant) -> Option<Duration> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Some(Duration::from_secs(e.exp).saturating_sub(now))
-    }
 }
 
 /// The verified-token cache (absent when `max_entries = 0`).
@@ -60,12 +50,8 @@ pub(crate) fn token_hash(token: &str) -> [u8; 32] {
 impl TokenCache {
     pub fn new(max_entries: u64) -> TokenCache {
         TokenCache {
-            cache: (max_entries > 0).then(|| {
-                Cache::builder()
-                    .max_capacity(max_entries)
-                    .expire_after(AtExp)
-                    .build()
-            }),
+            cache: (max_entries > 0)
+                .then(|| Cache::new(usize::try_from(max_entries).unwrap_or(usize::MAX))),
         }
     }
 
@@ -84,13 +70,12 @@ impl TokenCache {
     ) -> Option<Arc<Principal>> {
         let cache = self.cache.as_ref()?;
         let e = cache.get(key)?;
-        // moka's expiry is exact to its clock; the `exp` check also covers
-        // the second it rounds within. The generation check drops entries
-        // verified by keys that rotated out or went stale.
+        // The generation check drops entries verified by keys that rotated
+        // out or went stale.
         if now_unix < e.exp && keys.usable_generation(now) == Some(e.generation) {
             Some(e.principal)
         } else {
-            cache.invalidate(key);
+            cache.remove(key);
             None
         }
     }
@@ -124,6 +109,7 @@ impl TokenCache {
 mod tests {
     use super::*;
     use crate::authn::{Method, claims::unix_now, keys::KeySet};
+    use std::time::Duration;
 
     fn principal(exp: u64) -> Arc<Principal> {
         Arc::new(Principal {
@@ -153,7 +139,7 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(2100));
         assert!(c.get(&k, &store, Instant::now(), unix_now()).is_none());
-        assert!(!c.contains(&k), "moka must have expired the entry at exp");
+        assert!(!c.contains(&k), "the expired entry must be gone once found");
     }
 
     #[test]
